@@ -1,0 +1,1 @@
+"""ft-scaling: scaling laws of LLM finetuning in JAX."""

@@ -1,0 +1,41 @@
+"""The `ft-scaling` entry point: picks a subcommand and hands it the remaining argv.
+
+Each subcommand lives in the module that owns its concept and exposes `main(argv) -> int`;
+this file only dispatches, so importing it is cheap and adding a subcommand is one table row.
+"""
+
+import importlib
+import sys
+
+SUBCOMMANDS = {
+    "train": ("ft_scaling.train.main", "train (pretrain or finetune) from gin files"),
+    "eval": ("ft_scaling.eval.main", "perplexity and generation metrics of a checkpoint"),
+    "infer": ("ft_scaling.eval.infer_main", "write predictions of a checkpoint as JSONL"),
+    "info": ("ft_scaling.models.info", "print parameter counts of gin-configured models"),
+    "fit": ("ft_scaling.scaling.fit_cli", "fit scaling laws to a results table"),
+    "data": ("ft_scaling.data.data_cli", "build the embedded debian_l10n corpus"),
+    "study": ("ft_scaling.study.main", "run a scaling study and write its report"),
+    "launch": ("launch.tpu", "launch a study on TPU pods (--dry_run prints commands)"),
+}
+
+
+def _usage() -> str:
+    rows = "\n".join(f"  {name:<8} {desc}" for name, (_, desc) in SUBCOMMANDS.items())
+    return f"usage: ft-scaling <command> [flags]\n\ncommands:\n{rows}\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        sys.stdout.write(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        sys.stderr.write(f"ft-scaling: unknown command {name!r}\n{_usage()}")
+        return 2
+    module = importlib.import_module(SUBCOMMANDS[name][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""ft-scaling: how LLM finetuning scales (Zhang et al., ICLR 2024), in JAX."""
+
+from setuptools import find_packages, setup
+
+# Pinned: unpinned dependencies broke t5x installs (t5x#1086, #1413). These versions
+# resolve together on Python 3.11 (DESIGN.md section 7).
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "seqio==0.0.20",
+    "tensorflow==2.21.0",
+    "tensorflow-text==2.21.1",
+    "tensorflow-datasets==4.9.10",
+    "gin-config==0.5.0",
+    "sentencepiece==0.2.3",
+    "sacrebleu==2.6.0",
+    "rouge-score==0.1.2",
+    "matplotlib==3.11.2",
+    "numpy==2.4.6",
+    "scipy==1.17.1",
+]
+
+EXTRAS = {
+    "test": ["pytest==9.0.3", "ruff==0.17.6"],
+}
+
+setup(
+    name="ft-scaling",
+    version="0.1.0",
+    description="Scaling laws of LLM finetuning (FMT, prompt tuning, LoRA) in JAX",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["ft_scaling", "ft_scaling.*"]),
+    package_data={"ft_scaling": ["data/snapshots/*", "data/snapshots/**/*"]},
+    include_package_data=True,
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["ft-scaling=ft_scaling.cli:main"]},
+)
