@@ -230,6 +230,7 @@ class Decoder(nn.Module):
         prefix_embeddings: Array | None = None,
         deterministic: bool = True,
         decode: bool = False,
+        prefill: bool = True,
     ) -> Array:
         """Next-token logits.
 
@@ -244,6 +245,9 @@ class Decoder(nn.Module):
             (the prompt method refuses packed features).
           deterministic: disables dropout.
           decode: use and update the key/value cache.
+          prefill: False for the one-token decode steps that follow the first (prefill) call.
+            The decoder itself ignores it; it is part of the signature every model wrapper
+            shares, so a wrapper that adds a prefix (prompt tuning) adds it only once.
 
         Returns:
           float32 logits [batch, length, vocab] for the token positions (prefix sliced off).
