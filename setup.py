@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
     "sentencepiece==0.2.3",
     "sacrebleu==2.6.0",
     "rouge-score==0.1.2",
+    "tensorboard==2.21.0",
     "matplotlib==3.11.2",
     "numpy==2.4.6",
     "scipy==1.17.1",

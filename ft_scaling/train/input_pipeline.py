@@ -1,0 +1,105 @@
+"""Batches from seqio tasks, in a deterministic order that a checkpoint can resume exactly.
+
+The order of training batches depends only on (task, split, seed, batch size, packing); the
+position in that order is the number of batches consumed, saved with every checkpoint. Resuming
+rebuilds the same stream and skips that many batches, so a resumed run sees exactly the batches
+an uninterrupted run would have seen.
+"""
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+# TensorFlow is only the input pipeline here: keep it off accelerators JAX owns.
+tf.config.set_visible_devices([], "GPU")
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    """What to read: a registered seqio task or mixture and how to batch it."""
+
+    task: str
+    feature_lengths: Mapping[str, int]
+    batch_size: int
+    pack: bool = False
+    seed: int = 0
+    # Keep only the first `num_examples` of the seeded train order (a D_f subset), or all.
+    num_examples: int | None = None
+
+
+def get_task(name: str):
+    try:
+        return seqio.get_mixture_or_task(name)
+    except ValueError as err:
+        known = sorted(seqio.TaskRegistry.names()) + sorted(seqio.MixtureRegistry.names())
+        raise ValueError(
+            f"unknown task or mixture {name!r}; registered: {', '.join(known) or '(none)'}"
+        ) from err
+
+
+def feature_converter(task_name: str, pack: bool) -> seqio.FeatureConverter:
+    """Prefix-LM converter (loss on targets only) for tasks with inputs, else a plain LM."""
+    features = get_task(task_name).output_features
+    if "inputs" in features:
+        return seqio.PrefixLMFeatureConverter(loss_on_targets_only=True, pack=pack)
+    return seqio.DecoderFeatureConverter(pack=pack)
+
+
+def _dataset(spec: InputSpec, split: str, shuffle: bool, num_epochs: int | None):
+    return seqio.get_dataset(
+        spec.task,
+        task_feature_lengths=dict(spec.feature_lengths),
+        feature_converter=feature_converter(spec.task, spec.pack),
+        dataset_split=split,
+        shuffle=shuffle,
+        num_epochs=num_epochs,
+        seed=spec.seed,
+        verbose=False,
+    )
+
+
+def _subset(ds, spec: InputSpec):
+    return ds if spec.num_examples is None else ds.take(spec.num_examples)
+
+
+def train_batches(spec: InputSpec, position: int = 0) -> Iterator[dict]:
+    """Endless numpy batches of the train split, starting after `position` batches."""
+    if spec.num_examples is None:
+        ds = _dataset(spec, "train", shuffle=True, num_epochs=None)
+    else:
+        # A fixed subset: one seeded order, its first num_examples, reshuffled every epoch.
+        ds = _subset(_dataset(spec, "train", shuffle=True, num_epochs=1), spec).cache()
+        ds = ds.shuffle(spec.num_examples, seed=spec.seed, reshuffle_each_iteration=True).repeat()
+    ds = ds.batch(spec.batch_size, drop_remainder=True).skip(position)
+    return ds.prefetch(2).as_numpy_iterator()
+
+
+def batches_per_epoch(spec: InputSpec) -> int:
+    """Full batches in one pass over the (possibly subset) train split."""
+    ds = _subset(_dataset(spec, "train", shuffle=False, num_epochs=1), spec)
+    count = int(ds.reduce(np.int64(0), lambda n, _: n + 1))
+    if count == 0:
+        raise ValueError(f"task {spec.task!r} has an empty train split")
+    return max(count // spec.batch_size, 1)
+
+
+def eval_batches(spec: InputSpec, split: str, batch_size: int) -> Iterator[dict]:
+    """Every example of `split` once, in order; the last batch padded with zero-weight rows."""
+    ds = _dataset(spec, split, shuffle=False, num_epochs=1).batch(batch_size)
+    empty = True
+    for batch in ds.as_numpy_iterator():
+        empty = False
+        rows = next(iter(batch.values())).shape[0]
+        if rows < batch_size:
+            batch = {k: _pad_rows(v, batch_size) for k, v in batch.items()}
+        yield batch
+    if empty:
+        raise ValueError(f"split {split!r} of task {spec.task!r} is empty")
+
+
+def _pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
+    pad = np.zeros((rows - array.shape[0], *array.shape[1:]), array.dtype)
+    return np.concatenate([array, pad], axis=0)

@@ -1,0 +1,69 @@
+"""Run metrics: JSONL (one object per line, appended) and TensorBoard summaries, plus the
+console progress line (step, loss, learning rate, tokens/s, ETA)."""
+
+import json
+import os
+import sys
+import time
+
+
+class MetricsWriter:
+    """Appends metrics to MODEL_DIR/metrics.jsonl and TensorBoard (process 0 only)."""
+
+    def __init__(self, model_dir: str, enabled: bool = True, tensorboard: bool = True):
+        self.enabled = enabled
+        self._path = os.path.join(model_dir, "metrics.jsonl")
+        self._tb = None
+        if enabled and tensorboard:
+            import tensorflow as tf  # only for summaries; already loaded by seqio
+
+            self._tb = tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard"))
+
+    def write(self, step: int, split: str, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        row = {"step": int(step), "split": split, **{k: float(v) for k, v in metrics.items()}}
+        with open(self._path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self._tb is not None:
+            import tensorflow as tf
+
+            with self._tb.as_default(step=int(step)):
+                for key, value in metrics.items():
+                    tf.summary.scalar(f"{split}/{key}", float(value))
+            self._tb.flush()
+
+
+def read_jsonl(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+class Progress:
+    """Prints a progress line with loss, learning rate, throughput and ETA to stderr."""
+
+    def __init__(self, total_steps: int, start_step: int, tokens_per_step: int, prefix: str = ""):
+        self.total, self.tokens_per_step, self.prefix = total_steps, tokens_per_step, prefix
+        self._last_time, self._last_step = time.time(), start_step
+
+    def update(self, step: int, loss: float, learning_rate: float, enabled: bool = True) -> dict:
+        now = time.time()
+        steps_per_s = (step - self._last_step) / max(now - self._last_time, 1e-9)
+        tokens_per_s = steps_per_s * self.tokens_per_step
+        eta = (self.total - step) / max(steps_per_s, 1e-9)
+        self._last_time, self._last_step = now, step
+        if enabled:
+            sys.stderr.write(
+                f"{self.prefix}step {step}/{self.total} loss {loss:.4f} lr {learning_rate:.3g} "
+                f"{tokens_per_s:,.0f} tok/s ETA {_duration(eta)}\n"
+            )
+        return {"tokens_per_s": tokens_per_s, "steps_per_s": steps_per_s}
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"

@@ -1,0 +1,70 @@
+"""Learning-rate schedules and optimizers (the run gins choose them through train/loop.py).
+
+The paper pretrains and finetunes with Adafactor and cosine decay (PAPER.md §1, §3): pretraining
+decays 0.01 -> 0.001; finetuning reuses the schedule with a per-method peak rate.
+"""
+
+import optax
+
+SCHEDULES = ("constant", "rsqrt", "cosine")
+OPTIMIZERS = ("adafactor", "adamw", "sgd")
+
+
+def schedule(
+    peak_value: float,
+    total_steps: int,
+    kind: str = "cosine",
+    warmup_steps: int = 0,
+    final_fraction: float = 0.1,
+) -> optax.Schedule:
+    """A warmup followed by `kind` decay.
+
+    Args:
+      peak_value: learning rate after warmup.
+      total_steps: steps of this run (cosine reaches `final_fraction * peak_value` there).
+      kind: 'constant', 'rsqrt' (peak * sqrt(warmup / step) after warmup) or 'cosine'.
+      warmup_steps: linear warmup from 0.
+      final_fraction: cosine's end value relative to the peak (0.1: the paper's 0.01 -> 0.001).
+    """
+    if kind not in SCHEDULES:
+        raise ValueError(f"schedule kind {kind!r}; allowed: {SCHEDULES}")
+    if total_steps <= 0 or warmup_steps < 0:
+        raise ValueError(f"total_steps={total_steps} must be > 0, warmup_steps={warmup_steps} >= 0")
+    warmup = optax.linear_schedule(0.0, peak_value, max(warmup_steps, 1))
+    decay_steps = max(total_steps - warmup_steps, 1)
+    if kind == "constant":
+        after = optax.constant_schedule(peak_value)
+    elif kind == "rsqrt":
+        start = max(warmup_steps, 1)
+        after = lambda step: peak_value * (start / (step + start)) ** 0.5
+    else:
+        after = optax.cosine_decay_schedule(peak_value, decay_steps, alpha=final_fraction)
+    if warmup_steps == 0:
+        return after
+    return optax.join_schedules([warmup, after], [warmup_steps])
+
+
+def optimizer(
+    learning_rate: optax.Schedule,
+    kind: str = "adafactor",
+    weight_decay: float = 0.0,
+    clip_norm: float | None = 1.0,
+    b1: float = 0.9,
+    b2: float = 0.999,
+) -> optax.GradientTransformation:
+    """The optimizer, applied to the trainable parameters only (the trainer splits them).
+
+    Adafactor uses optax's defaults with relative step size off (so `learning_rate` is the
+    actual step size, as in the paper's recipe), factored second moments and no momentum.
+    """
+    if kind not in OPTIMIZERS:
+        raise ValueError(f"optimizer kind {kind!r}; allowed: {OPTIMIZERS}")
+    if kind == "adafactor":
+        core = optax.adafactor(learning_rate, multiply_by_parameter_scale=False)
+    elif kind == "adamw":
+        core = optax.adamw(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay)
+    else:
+        core = optax.sgd(learning_rate)
+    if clip_norm:
+        return optax.chain(optax.clip_by_global_norm(clip_norm), core)
+    return core

@@ -1,0 +1,164 @@
+"""Train state, parameter initialisation and the pure, jitted train and eval steps.
+
+    state = (step, trainable params, optimizer state, rng)     # donated to every step
+    frozen = params the method keeps fixed                     # passed, never differentiated
+
+`train_step` differentiates only the trainable split of the parameters (the method's mask) and
+the optimizer holds state only for it: freezing costs neither backward passes nor memory for
+frozen weights. A finetuning method never appears here: it is a wrapped model and a mask.
+"""
+
+import functools
+from collections.abc import Mapping
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from ft_scaling.methods import base
+from ft_scaling.train import losses, partitioning
+
+INPUT_KEYS = ("decoder_input_tokens", "decoder_segment_ids", "decoder_positions")
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: dict  # trainable split; None where the method freezes a leaf
+    opt_state: optax.OptState
+    rng: jax.Array
+
+
+def abstract_params(model: nn.Module, sequence_length: int):
+    """Boxed (nn.Partitioned) shapes of the params, from `jax.eval_shape`: nothing allocated."""
+    tokens = jax.ShapeDtypeStruct((1, sequence_length), jnp.int32)
+    init = lambda rng, t: model.init(rng, t)["params"]
+    return jax.eval_shape(init, jax.random.PRNGKey(0), tokens)
+
+
+def init_params(model: nn.Module, rng: jax.Array, sequence_length: int, mesh, rules):
+    """Creates the params directly on their shardings (never whole on one host)."""
+    boxed = abstract_params(model, sequence_length)
+    shardings = nn.meta.unbox(partitioning.param_shardings(boxed, mesh, rules))
+
+    def init(rng):
+        tokens = jnp.ones((1, sequence_length), jnp.int32)
+        return nn.meta.unbox(model.init(rng, tokens)["params"])
+
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        return jax.jit(init, out_shardings=shardings)(rng)
+
+
+def create_state(params, mask, optimizer: optax.GradientTransformation, rng) -> tuple:
+    """(TrainState, frozen params) from full params and the method's mask."""
+    trainable, frozen = base.split(params, mask)
+    opt_state = jax.jit(optimizer.init)(trainable)
+    state = TrainState(step=jnp.array(0, jnp.int32), params=trainable, opt_state=opt_state, rng=rng)
+    return state, frozen
+
+
+def _apply(model, params, batch, deterministic, rng):
+    args = [batch.get(k) for k in INPUT_KEYS]
+    rngs = None if deterministic else {"dropout": rng}
+    return model.apply({"params": params}, *args, deterministic=deterministic, rngs=rngs)
+
+
+def _loss_sums(trainable, frozen, batch, rng, model):
+    logits = _apply(model, base.merge(trainable, frozen), batch, False, rng)
+    return losses.weighted_nll_sum(
+        logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"]
+    )
+
+
+def _grads(trainable, frozen, batch, rng, model, num_microbatches):
+    """Sums of loss, weights and gradients over the batch, in `num_microbatches` pieces."""
+    grad_fn = jax.value_and_grad(_loss_sums, has_aux=True)
+    if num_microbatches == 1:
+        (loss_sum, weight_sum), grads = grad_fn(trainable, frozen, batch, rng, model)
+        return loss_sum, weight_sum, grads
+    micro = jax.tree.map(
+        lambda x: x.reshape(num_microbatches, x.shape[0] // num_microbatches, *x.shape[1:]), batch
+    )
+
+    def body(carry, inputs):
+        index, mb = inputs
+        (loss_sum, weight_sum), grads = grad_fn(
+            trainable, frozen, mb, jax.random.fold_in(rng, index), model
+        )
+        acc_loss, acc_weight, acc_grads = carry
+        acc_grads = jax.tree.map(jnp.add, acc_grads, grads)
+        return (acc_loss + loss_sum, acc_weight + weight_sum, acc_grads), None
+
+    zeros = jax.tree.map(jnp.zeros_like, trainable)
+    carry = (jnp.float32(0), jnp.float32(0), zeros)
+    (loss_sum, weight_sum, grads), _ = jax.lax.scan(
+        body, carry, (jnp.arange(num_microbatches), micro)
+    )
+    return loss_sum, weight_sum, grads
+
+
+def train_step(
+    state: TrainState,
+    frozen,
+    batch: Mapping[str, jax.Array],
+    *,
+    model,
+    optimizer,
+    num_microbatches: int = 1,
+) -> tuple[TrainState, dict]:
+    """One optimizer step on the token-mean loss of the batch (target tokens only)."""
+    rng = jax.random.fold_in(state.rng, state.step)
+    loss_sum, weight_sum, grads = _grads(state.params, frozen, batch, rng, model, num_microbatches)
+    denominator = jnp.maximum(weight_sum, 1.0)
+    grads = jax.tree.map(lambda g: g / denominator, grads)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {
+        "loss": loss_sum / denominator,
+        "target_tokens": weight_sum,
+        "grad_norm": optax.global_norm(grads),
+    }
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    return new_state, metrics
+
+
+def eval_step(trainable, frozen, batch, *, model) -> dict:
+    """Sums of target-token NLL and target-token count (exact over a split when summed)."""
+    logits = _apply(model, base.merge(trainable, frozen), batch, True, None)
+    loss_sum, weight_sum = losses.weighted_nll_sum(
+        logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"]
+    )
+    return {"loss_sum": loss_sum, "target_tokens": weight_sum}
+
+
+def jit_steps(model, optimizer, mesh, rules, state, frozen, num_microbatches: int = 1):
+    """Compiles the train and eval steps once, with explicit shardings and a donated state."""
+    state_sh = jax.tree.map(lambda x: x.sharding, state)
+    frozen_sh = jax.tree.map(lambda x: x.sharding, frozen)
+    batch_sh = partitioning.batch_sharding(mesh, rules)
+    repl = partitioning.replicated(mesh)
+    train = jax.jit(
+        functools.partial(
+            train_step, model=model, optimizer=optimizer, num_microbatches=num_microbatches
+        ),
+        in_shardings=(state_sh, frozen_sh, batch_sh),
+        out_shardings=(state_sh, repl),
+        donate_argnums=(0,),
+    )
+    evaluate = jax.jit(
+        functools.partial(eval_step, model=model),
+        in_shardings=(state_sh.params, frozen_sh, batch_sh),
+        out_shardings=repl,
+    )
+    return _with_context(train, mesh, rules), _with_context(evaluate, mesh, rules)
+
+
+def _with_context(fn, mesh, rules):
+    @functools.wraps(fn)
+    def wrapped(*args):
+        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+            return fn(*args)
+
+    return wrapped
