@@ -72,7 +72,8 @@ class LoRAProjection(decoder.Projection):
         # Dropout is active only when the caller supplies a 'dropout' rng (the trainer does so
         # for train steps): Projection's signature has no `deterministic` flag.
         if self.dropout_rate > 0.0 and self.has_rng("dropout"):
-            x = nn.Dropout(self.dropout_rate, deterministic=False)(x)
+            keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - self.dropout_rate, x.shape)
+            x = jnp.where(keep, x / (1.0 - self.dropout_rate), 0.0).astype(x.dtype)
         n_in = len(self.in_shape)
         lead = x.shape[: x.ndim - n_in]
         x2 = x.reshape(-1, decoder._flat(self.in_shape)).astype(self.dtype)
