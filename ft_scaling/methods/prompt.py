@@ -189,4 +189,7 @@ class PromptTuning(base.Method):
         prompt = _sample_vocab_embeddings(
             rng, params["embedding"], self.prompt_length, self.vocab_sample_range
         )
-        return {**params, PROMPT_PARAM: prompt.astype(params[PROMPT_PARAM].dtype)}
+        old = params[PROMPT_PARAM]
+        # Keep the fresh prompt's placement: the trainer compiles its steps for these shardings.
+        prompt = jax.device_put(prompt.astype(old.dtype), getattr(old, "sharding", None))
+        return {**params, PROMPT_PARAM: prompt}
