@@ -131,15 +131,21 @@ def sacrebleu_loader(
 def records_loader(
     records_fn: Callable[[], Sequence[Mapping[str, str]]], fields: Sequence[str]
 ) -> Loader:
-    """In-memory records (dicts of strings) as a dataset of `fields`; file order is kept and
-    shuffling is left to the task, which shuffles after preprocessing."""
+    """In-memory records (dicts of strings) as a dataset of `fields`.
+
+    Stored order when not shuffling. When shuffling, a full uniform shuffle: the records are
+    in memory, and the task's 1000-example shuffle buffer alone would leave sorted files
+    (debian_l10n is sorted by source text) nearly sorted.
+    """
 
     def load(shuffle_files: bool, seed: int | None) -> tf.data.Dataset:
-        del shuffle_files, seed  # one "file": nothing to shuffle at this level
         records = records_fn()
-        return tf.data.Dataset.from_tensor_slices(
+        dataset = tf.data.Dataset.from_tensor_slices(
             {f: tf.constant([r.get(f, "") for r in records], tf.string) for f in fields}
         )
+        if shuffle_files and records:
+            dataset = dataset.shuffle(len(records), seed=seed, reshuffle_each_iteration=True)
+        return dataset
 
     return load
 

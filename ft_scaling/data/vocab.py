@@ -101,7 +101,7 @@ def build_vocabulary(
 
 @functools.cache
 def get_vocabulary(name: str = "debian_l10n_ende") -> seqio.SentencePieceVocabulary:
-    """The seqio vocabulary `name` (see VOCABULARIES), loaded from the shipped snapshot.
+    """The seqio vocabulary `name` (see VOCABULARIES): from the data root, else the snapshot.
 
     Args:
       name: "debian_l10n_ende" (English + German) or "debian_l10n_enzh" (English + Chinese).
@@ -112,7 +112,10 @@ def get_vocabulary(name: str = "debian_l10n_ende") -> seqio.SentencePieceVocabul
     Raises:
       FileNotFoundError: when the model file is missing, with the command that builds it.
     """
-    path = model_path(name)
+    # A full build (FT_SCALING_DEBIAN_L10N_DIR) may carry its own vocabularies.
+    path = model_path(name, debian_l10n.data_root())
+    if not os.path.exists(path):
+        path = model_path(name)
     if not os.path.exists(path):
         raise FileNotFoundError(
             f"vocabulary {name!r}: no model at {path}. Build it with: "
