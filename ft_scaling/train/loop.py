@@ -213,7 +213,9 @@ def _restore_or_initialize(run: Run, store: checkpoints.CheckpointStore, seed: i
     if after_restore is not None:
         params = after_restore(params, jax.random.fold_in(rng, 2))
     mask = run.method.trainable_mask(params)
-    state, frozen = trainer.create_state(params, mask, run.optimizer, jax.random.fold_in(rng, 3))
+    state, frozen = trainer.create_state(
+        params, mask, run.optimizer, jax.random.fold_in(rng, 3), run.mesh
+    )
     meta = {"step": 0, "data_position": 0, "base_checkpoint": base_path, "best_dev_loss": None}
     saved = _saved_tree(state, frozen, base_path)
     abstract = jax.tree.map(

@@ -51,11 +51,27 @@ def init_params(model: nn.Module, rng: jax.Array, sequence_length: int, mesh, ru
         return jax.jit(init, out_shardings=shardings)(rng)
 
 
-def create_state(params, mask, optimizer: optax.GradientTransformation, rng) -> tuple:
-    """(TrainState, frozen params) from full params and the method's mask."""
+def create_state(params, mask, optimizer: optax.GradientTransformation, rng, mesh) -> tuple:
+    """(TrainState, frozen params) from full params and the method's mask.
+
+    Optimizer state follows the trainable params' shardings (jit propagates them); the step and
+    the RNG are replicated over the mesh.
+    """
     trainable, frozen = base.split(params, mask)
+    repl = partitioning.replicated(mesh)
     opt_state = jax.jit(optimizer.init)(trainable)
-    state = TrainState(step=jnp.array(0, jnp.int32), params=trainable, opt_state=opt_state, rng=rng)
+    opt_state = jax.tree.map(
+        lambda x: (
+            x
+            if len(x.sharding.device_set) > 1 or len(mesh.devices.flat) == 1
+            else jax.device_put(x, repl)
+        ),
+        opt_state,
+    )
+    step = jax.device_put(jnp.array(0, jnp.int32), repl)
+    state = TrainState(
+        step=step, params=trainable, opt_state=opt_state, rng=jax.device_put(rng, repl)
+    )
     return state, frozen
 
 
@@ -118,7 +134,7 @@ def train_step(
     metrics = {
         "loss": loss_sum / denominator,
         "target_tokens": weight_sum,
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": optax.tree.norm(grads),
     }
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     return new_state, metrics
