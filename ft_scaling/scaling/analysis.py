@@ -1,0 +1,117 @@
+"""The paper's questions, asked of fitted laws (PAPER.md §4-§5).
+
+* which factor scales best: exponents side by side, with the bootstrap probability that one
+  exceeds another (replicates are shared across factors, so the comparison is paired);
+* the critical finetuning data size D_f^c where one method's curve crosses another's: every
+  crossing inside a D_f range by bracketing + Brent on the full laws ("none in range" when
+  there is none), and the paper's closed form D_f^c = H X^gamma (App. Eq. 3);
+* saturation: the D_f beyond which one more doubling of D_f improves the loss by less than a
+  relative threshold, from the fitted law and empirically from the measured points.
+"""
+
+import dataclasses
+
+import numpy as np
+from scipy import optimize
+
+from ft_scaling.scaling import laws
+
+
+@dataclasses.dataclass(frozen=True)
+class Crossing:
+    """Where two fitted curves cross at one X. `roots` is empty when none lie in range."""
+
+    x: float
+    roots: tuple[float, ...]
+    d_range: tuple[float, float]
+
+    @property
+    def status(self) -> str:
+        return "found" if self.roots else "none in range"
+
+
+def exponent_comparison(samples_by_factor: dict[str, np.ndarray]) -> dict[tuple[str, str], float]:
+    """P(alpha_f1 > alpha_f2) over bootstrap replicates where both refits succeeded.
+
+    Args:
+      samples_by_factor: {factor: [replicates] alpha samples (NaN where a refit failed)}.
+    """
+    result = {}
+    for first, a in samples_by_factor.items():
+        for second, b in samples_by_factor.items():
+            ok = np.isfinite(a) & np.isfinite(b)
+            if first != second and np.any(ok):
+                result[(first, second)] = float(np.mean(a[ok] > b[ok]))
+    return result
+
+
+def _sign_change_roots(fun, lo: float, hi: float, samples: int) -> tuple[float, ...]:
+    """All roots of fun(log d) on [lo, hi] found by sign changes on a log grid, then Brent."""
+    grid = np.linspace(lo, hi, samples)
+    values = fun(grid)
+    roots = [float(np.exp(g)) for g, v in zip(grid, values, strict=True) if v == 0.0]
+    for i in np.flatnonzero(np.sign(values[:-1]) * np.sign(values[1:]) < 0):
+        roots.append(float(np.exp(optimize.brentq(fun, grid[i], grid[i + 1], xtol=1e-14))))
+    return tuple(sorted(roots))
+
+
+def critical_data_size(
+    law: laws.Law, params_1, params_2, x: float, d_range=(1e2, 1e10), samples: int = 2001
+) -> Crossing:
+    """D_f where law(params_1) == law(params_2) at factor value `x`, searched in `d_range`.
+
+    Root finding is on the full laws (the paper uses scipy's fsolve from one guess; bracketing
+    finds every crossing in range and cannot report a spurious one).
+    """
+    gap = lambda log_d: law(x, np.exp(log_d), params_1) - law(x, np.exp(log_d), params_2)
+    lo, hi = np.log(d_range[0]), np.log(d_range[1])
+    return Crossing(float(x), _sign_change_roots(gap, lo, hi, samples), tuple(d_range))
+
+
+def closed_form_critical(params_1, params_2) -> tuple[float, float]:
+    """The paper's (H, gamma): D_f^c = H X^gamma when the gap is held at E_1 - E_2 (App. Eq. 3).
+
+    H = (A_1 / A_2)^(1 / (beta_1 - beta_2)), gamma = (alpha_2 - alpha_1) / (beta_1 - beta_2),
+    method 1 being the paper's "A" in "A vs B". Solves A_1 X^-a1 D^-b1 = A_2 X^-a2 D^-b2.
+    """
+    beta_gap = params_1["beta"] - params_2["beta"]
+    h = (params_1["A"] / params_2["A"]) ** (1.0 / beta_gap)
+    gamma = (params_2["alpha"] - params_1["alpha"]) / beta_gap
+    return float(h), float(gamma)
+
+
+def relative_gain_per_doubling(law: laws.Law, params, x, d_f):
+    """(L(D_f) - L(2 D_f)) / L(D_f): the relative improvement one doubling of data buys."""
+    here = law(x, d_f, params)
+    return (here - law(x, 2.0 * np.asarray(d_f), params)) / here
+
+
+def saturation_point(
+    law: laws.Law, params, x: float, threshold: float = 0.01, d_range=(1e2, 1e12)
+) -> float | None:
+    """Smallest D_f in `d_range` from which a doubling gains less than `threshold` (relative).
+
+    Returns d_range[0] if the gain is already below the threshold there, None if it never
+    falls below it within the range. The gain of a power law decreases monotonically in D_f.
+    """
+    lo, hi = np.log(d_range[0]), np.log(d_range[1])
+    excess = lambda log_d: relative_gain_per_doubling(law, params, x, np.exp(log_d)) - threshold
+    if excess(lo) < 0:
+        return float(d_range[0])
+    if excess(hi) >= 0:
+        return None
+    return float(np.exp(optimize.brentq(excess, lo, hi, xtol=1e-14)))
+
+
+def empirical_saturation(d_f, loss, threshold: float = 0.01) -> float | None:
+    """First measured D_f after which the measured gain per doubling is below `threshold`.
+
+    The gain between consecutive measured sizes is ((L_i - L_i+1) / L_i) / log2(D_i+1 / D_i).
+    Points are averaged per D_f first. Returns None when the gain never falls below it.
+    """
+    d_f, loss = np.asarray(d_f, np.float64), np.asarray(loss, np.float64)
+    unique, index = np.unique(d_f, return_inverse=True)
+    mean = np.bincount(index, weights=loss) / np.bincount(index)
+    gain = (mean[:-1] - mean[1:]) / mean[:-1] / np.log2(unique[1:] / unique[:-1])
+    below = np.flatnonzero(gain < threshold)
+    return float(unique[below[0]]) if len(below) else None

@@ -1,0 +1,124 @@
+"""Figures like the paper's (PAPER.md §7): fitted curves over observed points, and method crossings.
+
+Plotting only reads fit results; it never fits. Figures are built with `matplotlib.figure.Figure`
+directly (no pyplot), so no global backend state is touched and it works headless.
+
+  * `plot_factor_fit`: loss vs D_f on log axes, one curve per factor value; circles = fitting
+    points, triangles = held-out points; annotated with Delta_e, Delta_h, alpha and beta.
+  * `plot_method_comparison`: the methods' curves vs D_f at one factor value with every
+    crossing marked, and (Fig. 5) the critical D_f against the factor value per method pair.
+"""
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+
+from ft_scaling.scaling import analysis, laws
+from ft_scaling.scaling.procedure import FactorFit
+
+
+def save(figure: Figure, stem: str) -> list[str]:
+    """Writes `stem`.png and `stem`.pdf; returns the paths."""
+    os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
+    paths = [f"{stem}.png", f"{stem}.pdf"]
+    for path in paths:
+        figure.savefig(path, dpi=150, bbox_inches="tight")
+    return paths
+
+
+def _annotation(fits: Sequence[FactorFit]) -> str:
+    first = fits[0]
+    lines = [f"$\\Delta_e$={first.delta_e:.3g}  $\\Delta_h$={first.delta_h:.3g}"]
+    if first.value is None:
+        lines.append(f"$\\alpha$={first.params['alpha']:.3g}  $\\beta$={first.params['beta']:.3g}")
+    else:
+        betas = ", ".join(f"{f.params['beta']:.3g}" for f in fits)
+        lines.append(f"$\\beta$ = {betas}")
+    return "\n".join(lines)
+
+
+def plot_factor_fit(fits: Sequence[FactorFit], title: str, stem: str) -> list[str]:
+    """One panel: observed points and fitted curves per factor value vs D_f (log axes).
+
+    Args:
+      fits: a joint-law fit of one factor (one element), or the single-factor curves of one
+        factor (one element per factor value).
+      title: panel title.
+      stem: output path without extension.
+    """
+    figure = Figure(figsize=(5.5, 4.0))
+    axes = figure.add_subplot()
+    values = sorted({float(v) for f in fits for v in f.points.x})
+    cmap = _colours(len(values))
+    for fit_ in fits:
+        law = laws.get_law(fit_.law)
+        points = fit_.points
+        d_grid = np.geomspace(points.d_f.min() / 1.5, points.d_f.max() * 1.5, 200)
+        for value in np.unique(points.x):
+            colour = cmap[values.index(float(value))]
+            at = points.x == value
+            axes.plot(d_grid, law(value, d_grid, fit_.params), color=colour, lw=1.2,
+                      label=f"X={value:.3g}")  # fmt: skip
+            fitting, held = at & ~points.held_out, at & points.held_out
+            axes.scatter(points.d_f[fitting], points.loss[fitting], color=colour, marker="o", s=18)
+            axes.scatter(points.d_f[held], points.loss[held], color=colour, marker="^", s=30)
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.set_xlabel("finetuning examples $D_f$")
+    axes.set_ylabel("loss")
+    axes.set_title(title, fontsize=9)
+    axes.text(0.98, 0.98, _annotation(fits), transform=axes.transAxes, ha="right", va="top",
+              fontsize=8)  # fmt: skip
+    axes.legend(fontsize=6, loc="lower left")
+    return save(figure, stem)
+
+
+def _colours(count: int) -> list:
+    return [colormaps["viridis"](v) for v in np.linspace(0.0, 0.9, max(count, 1))]
+
+
+def plot_method_comparison(
+    fits_by_method: dict[str, FactorFit],
+    x_value: float,
+    crossings: dict[tuple[str, str], list[analysis.Crossing]],
+    title: str,
+    stem: str,
+) -> list[str]:
+    """Methods' curves at `x_value` with crossings marked, and critical D_f against X.
+
+    Args:
+      fits_by_method: {method: its fit of one factor}, all of the same law.
+      x_value: factor value at which the left panel compares the curves.
+      crossings: {(method_1, method_2): crossings at each X} from `critical_data_size`.
+      title: figure title.
+      stem: output path without extension.
+    """
+    figure = Figure(figsize=(10.0, 4.0))
+    left, right = figure.subplots(1, 2)
+    d_lo = min(f.points.d_f.min() for f in fits_by_method.values()) / 10
+    d_hi = max(f.points.d_f.max() for f in fits_by_method.values()) * 10
+    d_grid = np.geomspace(d_lo, d_hi, 300)
+    for method, fit_ in fits_by_method.items():
+        law = laws.get_law(fit_.law)
+        left.plot(d_grid, law(x_value, d_grid, fit_.params), label=method)
+    for (first, second), per_x in crossings.items():
+        for crossing in per_x:
+            if np.isclose(crossing.x, x_value):
+                for root in crossing.roots:
+                    left.axvline(root, color="grey", ls="--", lw=0.8)
+                    left.annotate(f"{first}={second}\n{root:.3g}", (root, left.get_ylim()[1]),
+                                  fontsize=7, va="top")  # fmt: skip
+        xs = [c.x for c in per_x for _ in c.roots]
+        roots = [r for c in per_x for r in c.roots]
+        right.plot(xs, roots, "o-", label=f"{first} vs {second}")
+    left.set(xscale="log", yscale="log", xlabel="finetuning examples $D_f$", ylabel="loss")
+    left.set_title(f"X = {x_value:.3g}", fontsize=9)
+    left.legend(fontsize=7)
+    right.set(xscale="log", yscale="log", xlabel="X", ylabel="critical $D_f$")
+    if right.get_legend_handles_labels()[0]:
+        right.legend(fontsize=7)
+    figure.suptitle(title, fontsize=10)
+    return save(figure, stem)
