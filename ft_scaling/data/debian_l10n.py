@@ -21,6 +21,7 @@ import os
 import time
 
 import tensorflow_datasets as tfds
+from etils import epath
 
 from ft_scaling.data import debian_corpus
 
@@ -159,6 +160,13 @@ class DebianL10n(tfds.core.GeneratorBasedBuilder):
         DebianL10nConfig(name=config, kind=config.split("_")[0], description=config)
         for config in debian_corpus.CONFIGS
     ]
+
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls) -> epath.Path:
+        # TFDS's default probes `importlib_resources`, which TFDS only installs on Python < 3.9,
+        # and fails without it on 3.11 for builders defined outside TFDS.
+        return epath.Path(os.path.abspath(__file__))
 
     def _info(self) -> tfds.core.DatasetInfo:
         features = {"id": tfds.features.Text()}

@@ -116,9 +116,13 @@ def register_wmt() -> None:
 
 def _mlsum_fr_source() -> sources.SplitSource:
     def records(split):
-        root = os.environ.get(MLSUM_FR_DIR_ENV, os.path.expanduser("~/ft_scaling_data/mlsum_fr"))
-        path = os.path.join(root, f"fr_{split}.jsonl")
-        return functools.partial(sources.jsonl_records, path, MLSUM_FR_HELP)
+        def read():
+            # The directory is looked up when read, not at import, so it can be set late.
+            default = os.path.expanduser("~/ft_scaling_data/mlsum_fr")
+            root = os.environ.get(MLSUM_FR_DIR_ENV, default)
+            return sources.jsonl_records(os.path.join(root, f"fr_{split}.jsonl"), MLSUM_FR_HELP)
+
+        return read
 
     splits = {"train": "train", "validation": "val", "test": "test"}
     loaders = {
