@@ -26,8 +26,6 @@ class InputSpec:
     batch_size: int
     pack: bool = False
     seed: int = 0
-    # Keep only the first `num_examples` of the seeded train order (a D_f subset), or all.
-    num_examples: int | None = None
 
 
 def get_task(name: str):
@@ -61,25 +59,16 @@ def _dataset(spec: InputSpec, split: str, shuffle: bool, num_epochs: int | None)
     )
 
 
-def _subset(ds, spec: InputSpec):
-    return ds if spec.num_examples is None else ds.take(spec.num_examples)
-
-
 def train_batches(spec: InputSpec, position: int = 0) -> Iterator[dict]:
     """Endless numpy batches of the train split, starting after `position` batches."""
-    if spec.num_examples is None:
-        ds = _dataset(spec, "train", shuffle=True, num_epochs=None)
-    else:
-        # A fixed subset: one seeded order, its first num_examples, reshuffled every epoch.
-        ds = _subset(_dataset(spec, "train", shuffle=True, num_epochs=1), spec).cache()
-        ds = ds.shuffle(spec.num_examples, seed=spec.seed, reshuffle_each_iteration=True).repeat()
+    ds = _dataset(spec, "train", shuffle=True, num_epochs=None)
     ds = ds.batch(spec.batch_size, drop_remainder=True).skip(position)
     return ds.prefetch(2).as_numpy_iterator()
 
 
 def batches_per_epoch(spec: InputSpec) -> int:
-    """Full batches in one pass over the (possibly subset) train split."""
-    ds = _subset(_dataset(spec, "train", shuffle=False, num_epochs=1), spec)
+    """Full batches in one pass over the train split."""
+    ds = _dataset(spec, "train", shuffle=False, num_epochs=1)
     count = int(ds.reduce(np.int64(0), lambda n, _: n + 1))
     if count == 0:
         raise ValueError(f"task {spec.task!r} has an empty train split")

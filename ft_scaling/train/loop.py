@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 import gin
+from ft_scaling.data import subsets
 from ft_scaling.methods import base
 from ft_scaling.models import configs, decoder
 from ft_scaling.train import (
@@ -53,7 +54,7 @@ class Run:
     eval_spec: input_pipeline.InputSpec
     total_steps: int
     schedule: object
-    optimizer: object
+    optimizer_settings: tuple
     fingerprint: dict
     initial_checkpoint_path: str | None
 
@@ -149,15 +150,17 @@ def _setup(
     if initial_checkpoint_path and not os.path.isdir(initial_checkpoint_path):
         raise FileNotFoundError(f"INITIAL_CHECKPOINT_PATH {initial_checkpoint_path} does not exist")
     input_pipeline.get_task(task)
+    train_task = task
+    if finetune_examples is not None:
+        # D_f: a nested subset fixed by (seed, size); the paper averages runs over 3 seeds.
+        train_task = subsets.register_finetune_subset(task, finetune_examples, seed)
     mesh = partitioning.make_mesh()
     rules = partitioning.logical_rules()
     partitioning.check_batch_divides(batch_size, mesh, rules)
     partitioning.check_batch_divides(eval_batch_size or batch_size, mesh, rules)
     method.validate(model_config, feature_lengths, pack)
-    spec = input_pipeline.InputSpec(
-        task, dict(feature_lengths), batch_size, pack, seed, finetune_examples
-    )
-    eval_spec = dataclasses.replace(spec, pack=False, num_examples=None)
+    spec = input_pipeline.InputSpec(train_task, dict(feature_lengths), batch_size, pack, seed)
+    eval_spec = dataclasses.replace(spec, task=task, pack=False)
     total_steps = train_steps
     if max_epochs is not None:
         epoch_steps = input_pipeline.batches_per_epoch(spec)
@@ -165,7 +168,7 @@ def _setup(
     schedule = optimizers.schedule(
         learning_rate, total_steps, schedule_kind, warmup_steps, final_lr_fraction
     )
-    optimizer = optimizers.optimizer(schedule, optimizer_kind, weight_decay, clip_norm)
+    optimizer_settings = (optimizer_kind, weight_decay, clip_norm)
     fingerprint = {
         "model": dataclasses.asdict(model_config),
         "method": repr(method),
@@ -193,7 +196,7 @@ def _setup(
         eval_spec,
         total_steps,
         schedule,
-        optimizer,
+        optimizer_settings,
         fingerprint,
         initial_checkpoint_path,
     )
@@ -214,7 +217,11 @@ def _restore_or_initialize(run: Run, store: checkpoints.CheckpointStore, seed: i
         params = after_restore(params, jax.random.fold_in(rng, 2))
     mask = run.method.trainable_mask(params)
     state, frozen = trainer.create_state(
-        params, mask, run.optimizer, jax.random.fold_in(rng, 3), run.mesh
+        params,
+        mask,
+        optimizers.optimizer(*run.optimizer_settings),
+        jax.random.fold_in(rng, 3),
+        run.mesh,
     )
     meta = {"step": 0, "data_position": 0, "base_checkpoint": base_path, "best_dev_loss": None}
     saved = _saved_tree(state, frozen, base_path)
@@ -247,7 +254,7 @@ def _train_loop(run: Run, eval_every, eval_batch_size, save_every, log_every, ke
     store = checkpoints.CheckpointStore(run.model_dir, checkpoints.RetentionPolicy(keep, True))
     state, frozen, meta = _restore_or_initialize(run, store, seed)
     train_fn, eval_fn = trainer.jit_steps(
-        run.model, run.optimizer, run.mesh, run.rules, state, frozen, micro
+        run.model, run.optimizer_settings, run.mesh, run.rules, state, frozen, micro
     )
     batch_sharding = partitioning.batch_sharding(run.mesh, run.rules)
     writer = metrics_io.MetricsWriter(run.model_dir, enabled=jax.process_index() == 0)
@@ -276,7 +283,8 @@ def _train_loop(run: Run, eval_every, eval_batch_size, save_every, log_every, ke
 
     while step < run.total_steps and not preempted.set:
         batch = partitioning.global_batch(next(batches), batch_sharding)
-        state, metrics = train_fn(state, frozen, batch)
+        learning_rate = np.float32(run.schedule(step))
+        state, metrics = train_fn(state, frozen, batch, learning_rate)
         step += 1
         if compile_time is None:
             compile_time = time.time() - compile_start
@@ -287,7 +295,7 @@ def _train_loop(run: Run, eval_every, eval_batch_size, save_every, log_every, ke
                     f"loss is {loss} at step {step}; stopping. The last good checkpoint "
                     f"(step {last_good}) in {store.directory} is intact."
                 )
-            lr = float(run.schedule(step - 1))
+            lr = float(learning_rate)
             speed = progress.update(step, loss, lr, enabled=jax.process_index() == 0)
             writer.write(
                 step,

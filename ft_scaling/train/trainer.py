@@ -40,6 +40,11 @@ def abstract_params(model: nn.Module, sequence_length: int):
 
 def init_params(model: nn.Module, rng: jax.Array, sequence_length: int, mesh, rules):
     """Creates the params directly on their shardings (never whole on one host)."""
+    return _jitted_init(model, sequence_length, mesh, rules)(rng)
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted_init(model, sequence_length, mesh, rules):
     boxed = abstract_params(model, sequence_length)
     shardings = nn.meta.unbox(partitioning.param_shardings(boxed, mesh, rules))
 
@@ -47,8 +52,7 @@ def init_params(model: nn.Module, rng: jax.Array, sequence_length: int, mesh, ru
         tokens = jnp.ones((1, sequence_length), jnp.int32)
         return nn.meta.unbox(model.init(rng, tokens)["params"])
 
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        return jax.jit(init, out_shardings=shardings)(rng)
+    return _with_context(jax.jit(init, out_shardings=shardings), mesh, rules)
 
 
 def create_state(params, mask, optimizer: optax.GradientTransformation, rng, mesh) -> tuple:
@@ -119,6 +123,7 @@ def train_step(
     state: TrainState,
     frozen,
     batch: Mapping[str, jax.Array],
+    learning_rate: jax.Array,
     *,
     model,
     optimizer,
@@ -130,6 +135,7 @@ def train_step(
     denominator = jnp.maximum(weight_sum, 1.0)
     grads = jax.tree.map(lambda g: g / denominator, grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    updates = jax.tree.map(lambda u: u * learning_rate, updates)  # unit-rate optimizer
     params = optax.apply_updates(state.params, updates)
     metrics = {
         "loss": loss_sum / denominator,
@@ -149,23 +155,55 @@ def eval_step(trainable, frozen, batch, *, model) -> dict:
     return {"loss_sum": loss_sum, "target_tokens": weight_sum}
 
 
-def jit_steps(model, optimizer, mesh, rules, state, frozen, num_microbatches: int = 1):
-    """Compiles the train and eval steps once, with explicit shardings and a donated state."""
-    state_sh = jax.tree.map(lambda x: x.sharding, state)
-    frozen_sh = jax.tree.map(lambda x: x.sharding, frozen)
+def jit_steps(model, optimizer_settings: tuple, mesh, rules, state, frozen, num_microbatches=1):
+    """Compiled train and eval steps, shared by every run with the same key in this process.
+
+    Args:
+      optimizer_settings: the arguments of `optimizers.optimizer`, as a hashable tuple.
+    """
+    state_sh = _shardings(state)
+    frozen_sh = _shardings(frozen)
+    return _compiled(model, optimizer_settings, mesh, rules, state_sh, frozen_sh, num_microbatches)
+
+
+class _Hashable:
+    """A pytree of shardings made hashable (treedef + leaves) for the compile cache key."""
+
+    def __init__(self, tree):
+        self.tree = tree
+        leaves, treedef = jax.tree.flatten(tree, is_leaf=lambda x: x is None)
+        self._key = (treedef, tuple(leaves))
+
+    def __hash__(self):
+        return hash(self._key)
+
+    def __eq__(self, other):
+        return isinstance(other, _Hashable) and self._key == other._key
+
+
+def _shardings(tree):
+    return _Hashable(jax.tree.map(lambda x: x.sharding, tree))
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled(model, optimizer_settings, mesh, rules, state_sh, frozen_sh, num_microbatches):
+    from ft_scaling.train import optimizers
+
+    optimizer = optimizers.optimizer(*optimizer_settings)
     batch_sh = partitioning.batch_sharding(mesh, rules)
     repl = partitioning.replicated(mesh)
+    step = functools.partial(
+        train_step, model=model, optimizer=optimizer, num_microbatches=num_microbatches
+    )
     train = jax.jit(
-        functools.partial(
-            train_step, model=model, optimizer=optimizer, num_microbatches=num_microbatches
-        ),
-        in_shardings=(state_sh, frozen_sh, batch_sh),
-        out_shardings=(state_sh, repl),
+        step,
+        in_shardings=(state_sh.tree, frozen_sh.tree, batch_sh, repl),
+        out_shardings=(state_sh.tree, repl),
         donate_argnums=(0,),
     )
     evaluate = jax.jit(
         functools.partial(eval_step, model=model),
-        in_shardings=(state_sh.params, frozen_sh, batch_sh),
+        in_shardings=(state_sh.tree.params, frozen_sh.tree, batch_sh),
         out_shardings=repl,
     )
     return _with_context(train, mesh, rules), _with_context(evaluate, mesh, rules)

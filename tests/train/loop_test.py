@@ -49,9 +49,7 @@ def _train_in_process(model_dir, steps, *extra):
 
 def test_tiny_model_overfits_a_small_batch(tmp_path):
     # One fixed batch of 8 sentences (FINETUNE_EXAMPLES=8 = BATCH_SIZE), seen again every step.
-    summary = _train_in_process(
-        tmp_path, 60, "FINETUNE_EXAMPLES=8", "train.finetune_examples=8", "LEARNING_RATE=0.01"
-    )
+    summary = _train_in_process(tmp_path, 60, "train.finetune_examples=8", "LEARNING_RATE=0.01")
     losses = _train_losses(tmp_path)
     assert summary["status"] == "finished" and summary["step"] == 60
     assert losses[60] < 0.1 * losses[1], (losses[1], losses[60])
@@ -202,3 +200,13 @@ def test_summary_is_written_atomically_with_operative_config(tmp_path):
         assert json.load(f)["step"] == 2
     config = (tmp_path / "config.gin").read_text()
     assert "BATCH_SIZE = 8" in config and "train.batch_size = %BATCH_SIZE" in config
+
+
+def test_second_run_reuses_compiled_steps(tmp_path):
+    from ft_scaling.train import trainer
+
+    _train_in_process(tmp_path / "a", 3)
+    before = trainer._compiled.cache_info().hits
+    summary = _train_in_process(tmp_path / "b", 5, "LEARNING_RATE=0.001")
+    assert trainer._compiled.cache_info().hits == before + 1
+    assert summary["step"] == 5

@@ -1,0 +1,30 @@
+# Fresh machine: `make demo` runs the CPU demo study, `make test` the test suite.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+export TF_CPP_MIN_LOG_LEVEL := 3
+
+.PHONY: demo smoke test lint install clean
+
+$(BIN)/ft-scaling: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+install: $(BIN)/ft-scaling
+
+demo: install
+	$(BIN)/ft-scaling study --gin_file=gin/studies/demo.gin --out=runs/demo
+
+smoke: install
+	$(BIN)/ft-scaling study --gin_file=gin/studies/demo.gin --out=runs/smoke --preset=smoke
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) runs
