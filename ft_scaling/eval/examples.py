@@ -8,6 +8,8 @@ import dataclasses
 
 import seqio
 
+import ft_scaling.data.tasks  # noqa: F401  (registers the study's tasks by name)
+
 
 @dataclasses.dataclass(frozen=True)
 class Example:

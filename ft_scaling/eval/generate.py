@@ -1,8 +1,8 @@
 """Prompts in, token lists out: batching around the decoders, compiled once per run.
 
 Every batch has the same shape: prompts are left-padded to the longest prompt of the whole set
-and the last batch is filled with one-token dummy rows (dropped afterwards), so the jitted
-decoder compiles once however many examples there are.
+(rounded up to a multiple of WIDTH_BUCKET) and the last batch is filled with one-token dummy
+rows (dropped afterwards), so the jitted decoder compiles once however many examples there are.
 """
 
 import dataclasses
@@ -13,6 +13,8 @@ import numpy as np
 
 import gin
 from ft_scaling.eval import beam_search, decoding
+
+WIDTH_BUCKET = 32
 
 
 @gin.configurable
@@ -64,7 +66,9 @@ def generate(
     """
     if not prompts:
         raise ValueError("no prompts to decode (empty split?)")
-    width = max(len(p) for p in prompts)
+    # Rounded up so that prompt sets of similar lengths (e.g. the zero-shot directions) share
+    # one compiled decoder; the extra left padding is masked out.
+    width = -(-max(len(p) for p in prompts) // WIDTH_BUCKET) * WIDTH_BUCKET
     outputs = []
     for start in range(0, len(prompts), settings.batch_size):
         chunk = list(prompts[start : start + settings.batch_size])
