@@ -39,9 +39,12 @@ class RetentionPolicy:
 
     keep_last: int = 2
     keep_best: bool = True
+    keep_steps: tuple[int, ...] = ()  # always kept (e.g. pretraining-data axis checkpoints)
 
     def orbax_policy(self):
         kept = [policies.LatestN(n=self.keep_last)]
+        if self.keep_steps:
+            kept.append(policies.CustomSteps(steps=list(self.keep_steps)))
         if self.keep_best:
             # Orbax's BestN keeps the n highest metrics unless reverse=True (lower is better).
             kept.append(

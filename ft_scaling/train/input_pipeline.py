@@ -26,6 +26,9 @@ class InputSpec:
     batch_size: int
     pack: bool = False
     seed: int = 0
+    # Evaluation reads only the first `max_examples` of a split (a CPU-budget option; the
+    # paper evaluates whole splits, which is the default).
+    max_examples: int | None = None
 
 
 def get_task(name: str):
@@ -77,7 +80,10 @@ def batches_per_epoch(spec: InputSpec) -> int:
 
 def eval_batches(spec: InputSpec, split: str, batch_size: int) -> Iterator[dict]:
     """Every example of `split` once, in order; the last batch padded with zero-weight rows."""
-    ds = _dataset(spec, split, shuffle=False, num_epochs=1).batch(batch_size)
+    ds = _dataset(spec, split, shuffle=False, num_epochs=1)
+    if spec.max_examples is not None:
+        ds = ds.take(spec.max_examples)
+    ds = ds.batch(batch_size)
     empty = True
     for batch in ds.as_numpy_iterator():
         empty = False

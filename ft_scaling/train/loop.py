@@ -59,6 +59,19 @@ class Run:
     initial_checkpoint_path: str | None
 
 
+@dataclasses.dataclass(frozen=True)
+class LoopSettings:
+    eval_every: int
+    eval_batch_size: int
+    save_every: int
+    log_every: int
+    keep_last: int
+    keep_steps: tuple[int, ...]
+    num_microbatches: int
+    seed: int
+    test_split: str | None
+
+
 @gin.configurable
 def train(
     model_dir: str = gin.REQUIRED,
@@ -86,6 +99,9 @@ def train(
     save_every: int = 500,
     log_every: int = 10,
     keep_checkpoints: int = 2,
+    keep_steps: tuple[int, ...] = (),
+    test_split: str | None = None,
+    eval_examples: int | None = None,
 ) -> dict:
     """Trains one model and returns its summary (also written to MODEL_DIR/summary.json).
 
@@ -97,16 +113,18 @@ def train(
     run = _setup(**locals())
     _write_operative_config(run.model_dir)
     start = time.time()
-    summary = _train_loop(
-        run,
+    settings = LoopSettings(
         eval_every,
         eval_batch_size or batch_size,
         save_every,
         log_every,
         keep_checkpoints,
+        tuple(keep_steps),
         num_microbatches,
         seed,
+        test_split,
     )
+    summary = _train_loop(run, settings)
     summary["wall_time_s"] = time.time() - start
     _write_operative_config(run.model_dir)
     if jax.process_index() == 0:
@@ -136,6 +154,7 @@ def _setup(
     initial_checkpoint_path,
     eval_batch_size,
     num_microbatches,
+    eval_examples,
     **_,
 ) -> Run:
     """Builds and validates everything before any step; bad input fails here, by name."""
@@ -161,6 +180,8 @@ def _setup(
     method.validate(model_config, feature_lengths, pack)
     spec = input_pipeline.InputSpec(train_task, dict(feature_lengths), batch_size, pack, seed)
     eval_spec = dataclasses.replace(spec, task=task, pack=False)
+    if eval_examples is not None:
+        eval_spec = dataclasses.replace(eval_spec, max_examples=eval_examples)
     total_steps = train_steps
     if max_epochs is not None:
         epoch_steps = input_pipeline.batches_per_epoch(spec)
@@ -219,7 +240,7 @@ def _restore_or_initialize(run: Run, store: checkpoints.CheckpointStore, seed: i
     state, frozen = trainer.create_state(
         params,
         mask,
-        optimizers.optimizer(*run.optimizer_settings),
+        run.optimizer_settings,
         jax.random.fold_in(rng, 3),
         run.mesh,
     )
@@ -250,11 +271,18 @@ def _saved_tree(state, frozen, base_path):
     return tree
 
 
-def _train_loop(run: Run, eval_every, eval_batch_size, save_every, log_every, keep, micro, seed):
-    store = checkpoints.CheckpointStore(run.model_dir, checkpoints.RetentionPolicy(keep, True))
-    state, frozen, meta = _restore_or_initialize(run, store, seed)
+def _train_loop(run: Run, cfg: LoopSettings):
+    policy = checkpoints.RetentionPolicy(cfg.keep_last, True, cfg.keep_steps)
+    store = checkpoints.CheckpointStore(run.model_dir, policy)
+    state, frozen, meta = _restore_or_initialize(run, store, cfg.seed)
     train_fn, eval_fn = trainer.jit_steps(
-        run.model, run.optimizer_settings, run.mesh, run.rules, state, frozen, micro
+        run.model,
+        run.optimizer_settings,
+        run.mesh,
+        run.rules,
+        state,
+        frozen,
+        cfg.num_microbatches,
     )
     batch_sharding = partitioning.batch_sharding(run.mesh, run.rules)
     writer = metrics_io.MetricsWriter(run.model_dir, enabled=jax.process_index() == 0)
@@ -275,12 +303,21 @@ def _train_loop(run: Run, eval_every, eval_batch_size, save_every, log_every, ke
 
     def evaluate():
         nonlocal best
-        dev = _evaluate(eval_fn, state, frozen, run.eval_spec, eval_batch_size, batch_sharding)
+        dev = _evaluate(
+            eval_fn,
+            state.params,
+            frozen,
+            run.eval_spec,
+            "validation",
+            cfg.eval_batch_size,
+            batch_sharding,
+        )
         writer.write(step, "validation", dev)
         if best is None or dev["loss"] < best:
             best = dev["loss"]
         return dev
 
+    dev = None
     while step < run.total_steps and not preempted.set:
         batch = partitioning.global_batch(next(batches), batch_sharding)
         learning_rate = np.float32(run.schedule(step))
@@ -288,7 +325,7 @@ def _train_loop(run: Run, eval_every, eval_batch_size, save_every, log_every, ke
         step += 1
         if compile_time is None:
             compile_time = time.time() - compile_start
-        if step % log_every == 0 or step == run.total_steps:
+        if step % cfg.log_every == 0 or step == run.total_steps:
             loss = float(metrics["loss"])
             if not math.isfinite(loss):
                 raise NonFiniteLossError(
@@ -307,8 +344,9 @@ def _train_loop(run: Run, eval_every, eval_batch_size, save_every, log_every, ke
                     **speed,
                 },
             )
-        dev = evaluate() if eval_every and step % eval_every == 0 else None
-        if dev is not None or (save_every and step % save_every == 0):
+        dev = evaluate() if cfg.eval_every and step % cfg.eval_every == 0 else None
+        due = (cfg.save_every and step % cfg.save_every == 0) or step in cfg.keep_steps
+        if dev is not None or due:
             _check_finite(state, step, last_good, store)
             save(None if dev is None else dev["loss"])
     if preempted.set:
@@ -316,7 +354,8 @@ def _train_loop(run: Run, eval_every, eval_batch_size, save_every, log_every, ke
         save()
         store.close()
         return {"status": "preempted", "step": step}
-    dev = evaluate()
+    if dev is None:  # the last step's evaluation, unless the loop just made it
+        dev = evaluate()
     _check_finite(state, step, last_good, store)
     save(dev["loss"])
     summary = {
@@ -334,8 +373,35 @@ def _train_loop(run: Run, eval_every, eval_batch_size, save_every, log_every, ke
         "compile_time_s": compile_time,
         "checkpoint_dir": store.directory,
     }
+    if cfg.test_split:
+        best_params = _best_params(store, state, frozen, meta["base_checkpoint"])
+        test = _evaluate(
+            eval_fn,
+            best_params,
+            frozen,
+            run.eval_spec,
+            cfg.test_split,
+            cfg.eval_batch_size,
+            batch_sharding,
+        )
+        summary.update(
+            test_loss=test["loss"], test_ppl=test["ppl"], test_tokens=test["target_tokens"]
+        )
     store.close()
     return summary
+
+
+def _best_params(store, state, frozen, base_path):
+    """Trainable params of the best checkpoint by dev loss (the paper's model selection)."""
+    best = store.best_step()
+    if best is None or best == store.latest_step():
+        return state.params
+    saved = _saved_tree(state, frozen, base_path)
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), saved
+    )
+    tree, _ = store.restore(best, abstract)
+    return tree["params"]
 
 
 def _check_finite(state, step, last_good, store):
@@ -347,15 +413,15 @@ def _check_finite(state, step, last_good, store):
         )
 
 
-def _evaluate(eval_fn, state, frozen, spec, batch_size, sharding) -> dict:
-    """Token-level loss and PPL over the whole validation split, summed exactly on host."""
+def _evaluate(eval_fn, params, frozen, spec, split, batch_size, sharding) -> dict:
+    """Token-level loss and PPL over a whole split, summed exactly on host."""
     loss_sum, tokens = 0.0, 0.0
-    for batch in input_pipeline.eval_batches(spec, "validation", batch_size):
-        out = eval_fn(state.params, frozen, partitioning.global_batch(batch, sharding))
+    for batch in input_pipeline.eval_batches(spec, split, batch_size):
+        out = eval_fn(params, frozen, partitioning.global_batch(batch, sharding))
         loss_sum += float(out["loss_sum"])
         tokens += float(out["target_tokens"])
     if tokens == 0:
-        raise ValueError(f"validation split of {spec.task!r} has no target tokens")
+        raise ValueError(f"{split} split of {spec.task!r} has no target tokens")
     loss = loss_sum / tokens
     return {"loss": loss, "ppl": math.exp(loss), "target_tokens": tokens}
 

@@ -55,7 +55,7 @@ def _jitted_init(model, sequence_length, mesh, rules):
     return _with_context(jax.jit(init, out_shardings=shardings), mesh, rules)
 
 
-def create_state(params, mask, optimizer: optax.GradientTransformation, rng, mesh) -> tuple:
+def create_state(params, mask, optimizer_settings: tuple, rng, mesh) -> tuple:
     """(TrainState, frozen params) from full params and the method's mask.
 
     Optimizer state follows the trainable params' shardings (jit propagates them); the step and
@@ -63,7 +63,7 @@ def create_state(params, mask, optimizer: optax.GradientTransformation, rng, mes
     """
     trainable, frozen = base.split(params, mask)
     repl = partitioning.replicated(mesh)
-    opt_state = jax.jit(optimizer.init)(trainable)
+    opt_state = _optimizer(optimizer_settings)[1](trainable)
     opt_state = jax.tree.map(
         lambda x: (
             x
@@ -77,6 +77,15 @@ def create_state(params, mask, optimizer: optax.GradientTransformation, rng, mes
         step=step, params=trainable, opt_state=opt_state, rng=jax.device_put(rng, repl)
     )
     return state, frozen
+
+
+@functools.lru_cache(maxsize=32)
+def _optimizer(optimizer_settings: tuple):
+    """(optimizer, jitted init) per settings: one compile of `init` for all runs alike."""
+    from ft_scaling.train import optimizers
+
+    optimizer = optimizers.optimizer(*optimizer_settings)
+    return optimizer, jax.jit(optimizer.init)
 
 
 def _apply(model, params, batch, deterministic, rng):
@@ -187,9 +196,7 @@ def _shardings(tree):
 
 @functools.lru_cache(maxsize=32)
 def _compiled(model, optimizer_settings, mesh, rules, state_sh, frozen_sh, num_microbatches):
-    from ft_scaling.train import optimizers
-
-    optimizer = optimizers.optimizer(*optimizer_settings)
+    optimizer = _optimizer(optimizer_settings)[0]
     batch_sh = partitioning.batch_sharding(mesh, rules)
     repl = partitioning.replicated(mesh)
     step = functools.partial(
