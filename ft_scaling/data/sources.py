@@ -157,6 +157,14 @@ def jsonl_records(path: str, missing_help: str) -> list[dict[str, str]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def count_lines(path: str, missing_help: str) -> int:
+    """Non-empty lines of a JSON-lines file (its examples), without parsing them."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist. {missing_help}")
+    with open(path, encoding="utf-8") as f:
+        return sum(1 for line in f if line.strip())
+
+
 _COUNTS: dict[tuple[int, str], int] = {}
 
 

@@ -38,6 +38,7 @@ MLSUM_FR_HELP = (
     "fr_val.zip, fr_test.zip from https://github.com/ThomasScialom/MLSUM, unzip the "
     f"fr_*.jsonl files into one directory and set {MLSUM_FR_DIR_ENV} to it."
 )
+_SAME_SPLITS = {"train": "train", "validation": "validation", "test": "test"}
 LANGUAGE_NAMES = {"en": "English", "de": "German", "es": "Spanish", "fr": "French", "zh": "Chinese"}
 
 
@@ -115,26 +116,24 @@ def register_wmt() -> None:
 
 
 def _mlsum_fr_source() -> sources.SplitSource:
-    def records(split):
-        def read():
-            # The directory is looked up when read, not at import, so it can be set late.
-            default = os.path.expanduser("~/ft_scaling_data/mlsum_fr")
-            root = os.environ.get(MLSUM_FR_DIR_ENV, default)
-            return sources.jsonl_records(os.path.join(root, f"fr_{split}.jsonl"), MLSUM_FR_HELP)
+    def path(split):
+        # The directory is looked up when read, not at import, so it can be set late.
+        root = os.environ.get(MLSUM_FR_DIR_ENV, os.path.expanduser("~/ft_scaling_data/mlsum_fr"))
+        return os.path.join(root, f"fr_{split}.jsonl")
 
-        return read
+    def records(split):
+        return lambda: sources.jsonl_records(path(split), MLSUM_FR_HELP)
+
+    def counter(split):
+        return lambda: sources.count_lines(path(split), MLSUM_FR_HELP)
 
     splits = {"train": "train", "validation": "val", "test": "test"}
     loaders = {
         ours: sources.records_loader(records(theirs), ("text", "summary"))
         for ours, theirs in splits.items()
     }
-    counters = {ours: _counter(records(theirs)) for ours, theirs in splits.items()}
+    counters = {ours: counter(theirs) for ours, theirs in splits.items()}
     return sources.SplitSource(loaders, counters)
-
-
-def _counter(records_fn):
-    return lambda: len(records_fn())
 
 
 def register_mlsum() -> None:
@@ -154,9 +153,6 @@ def register_mlsum() -> None:
         )
         _add_task(f"mlsum_{lang}", source, summarize, "debian_l10n_ende", [task_metrics.rouge_l])
     _add_mixture("mlsum", [f"mlsum_{lang}" for lang in parts])
-
-
-_SAME_SPLITS = {"train": "train", "validation": "validation", "test": "test"}
 
 
 def _debian_source(config: str, fields: tuple[str, ...]) -> sources.SplitSource:
