@@ -202,8 +202,19 @@ class Solution:
     iterations: np.ndarray  # [replicates, starts]
 
     def best(self) -> np.ndarray:
-        """[replicates] index of the lowest-loss start (converged or not)."""
-        return np.argmin(np.where(np.isfinite(self.loss), self.loss, np.inf), axis=1)
+        """[replicates] index of the best start.
+
+        The lowest-loss converged start, unless a start that did not converge reached a loss
+        lower by more than 1e-9 (relative): then that one, whose status says it did not converge.
+        """
+        loss = np.where(np.isfinite(self.loss), self.loss, np.inf)
+        overall = np.argmin(loss, axis=1)
+        converged = np.isin(self.status, lbfgs.CONVERGED_STATUSES)
+        among = np.argmin(np.where(converged, loss, np.inf), axis=1)
+        rows = np.arange(len(loss))
+        lowest, best_converged = loss[rows, overall], loss[rows, among]
+        close = best_converged <= lowest + 1e-9 * np.abs(lowest) + 1e-300
+        return np.where(close, among, overall)
 
 
 def solve(problem: Problem, starts: np.ndarray, options: FitOptions) -> Solution:
@@ -265,32 +276,47 @@ def _edge_params(names, init, final, loss, converged) -> tuple[str, ...]:
 
 def fit_problem(all_names, problem: Problem, fixed, options: FitOptions) -> Fit:
     """Grid-started fit of a single-replicate `Problem`; keeps every start."""
+    return fit_problems(all_names, problem, fixed, options)[0]
+
+
+def fit_problems(all_names, problem: Problem, fixed, options: FitOptions) -> list[Fit]:
+    """Grid-started fits of every replicate of `problem` in one batched solve.
+
+    Replicates share the design (the same points) and differ in targets and weights, e.g. many
+    simulated data sets; solving them together pays the L-BFGS tail of slow starts once.
+    """
     check_identifiable(problem)
     init = grid(problem.names, options.n_starts)
     solution = solve(problem, init, options)
-    best = int(solution.best()[0])
-    status = solution.status[0]
+    return [
+        _replicate_fit(all_names, problem, fixed, init, solution, r)
+        for r in range(problem.target.shape[0])
+    ]
+
+
+def _replicate_fit(all_names, problem, fixed, init, solution: Solution, replicate: int) -> Fit:
+    best = int(solution.best()[replicate])
+    final, loss = solution.theta[replicate], solution.loss[replicate]
+    status = solution.status[replicate]
     converged = np.isin(status, lbfgs.CONVERGED_STATUSES)
-    natural = laws.from_theta(problem.names, solution.theta[0, best])
-    params = {n: float(v) for n, v in zip(problem.names, natural, strict=True)}
+    values = laws.from_theta(problem.names, final[best])
+    params = {n: float(v) for n, v in zip(problem.names, values, strict=True)}
     params.update({n: float(v) for n, v in dict(fixed or {}).items()})
     return Fit(
         params={n: params[n] for n in all_names},
         free=problem.names,
-        loss=float(solution.loss[0, best]),
+        loss=float(loss[best]),
         status=lbfgs.STATUS_NAMES[status[best]],
         converged=bool(converged[best]),
-        n_points=int(np.count_nonzero(problem.weight[0] > 0)),
+        n_points=int(np.count_nonzero(problem.weight[replicate] > 0)),
         n_converged_starts=int(np.count_nonzero(converged)),
-        edge_params=_edge_params(
-            problem.names, init, solution.theta[0], solution.loss[0], converged
-        ),
+        edge_params=_edge_params(problem.names, init, final, loss, converged),
         starts=Starts(
             init=init,
-            final=solution.theta[0],
-            loss=solution.loss[0],
+            final=final,
+            loss=loss,
             status=tuple(lbfgs.STATUS_NAMES[s] for s in status),
-            iterations=solution.iterations[0],
+            iterations=solution.iterations[replicate],
         ),
     )
 
@@ -330,3 +356,12 @@ def fit_law(law, x, d_f, loss, weight=None, fixed=None, options=FitOptions()) ->
     design = law.terms(np.log(np.asarray(x, np.float64)), np.log(np.asarray(d_f, np.float64)))
     problem = make_problem(law.param_names, design, loss, weight, fixed)
     return fit_problem(law.param_names, problem, fixed, options)
+
+
+def fit_law_batch(law, x, d_f, losses, weight=None, fixed=None, options=FitOptions()) -> list[Fit]:
+    """`fit_law` for many data sets on the same points ([data sets, points] `losses`)."""
+    law = laws.get_law(law) if isinstance(law, str) else law
+    check_positive_finite(x=x, d_f=d_f, loss=losses)
+    design = law.terms(np.log(np.asarray(x, np.float64)), np.log(np.asarray(d_f, np.float64)))
+    problem = make_problem(law.param_names, design, losses, weight, fixed)
+    return fit_problems(law.param_names, problem, fixed, options)

@@ -105,3 +105,49 @@ def factor_law(task: str, method: str, factor: str) -> dict[str, float] | None:
         return None
     return {"A": row[f"A_{suffix}"], "alpha": row[f"alpha_{suffix}"], "beta": row["beta"],
             "E": row["E"]}  # fmt: skip
+
+
+def _default_trainable(method: str, size: str) -> float:
+    """Trainable parameters of the paper's default method setting at one model size."""
+    shape = SHAPES[size]
+    if method == "prompt":
+        return 100.0 * shape[3]  # |P| = 100 (PAPER.md §3)
+    if method == "lora":
+        return 4.0 * lora_params_per_rank(*shape)  # r = 4
+    return float(parameter_count(*shape))
+
+
+def synthetic_rows(task: str, method: str, noise: float, seeds: int, rng) -> list[dict]:
+    """A results table (DESIGN.md §3 columns) drawn from Table 4's laws on the paper's grids.
+
+    Each run's loss is the factor's law times exp(noise * N(0, 1)). The base run (1B, final
+    checkpoint, default PET size) belongs to all three sweeps; it is drawn from the model-size
+    law, as Table 4's three laws do not agree exactly there.
+    """
+    final = PRETRAIN_TOKENS[task if task in PRETRAIN_TOKENS else "en_de"][-1]
+    configs = [(size, final, _default_trainable(method, size), "model_params") for size in SHAPES]
+    tokens = PRETRAIN_TOKENS[task if task in PRETRAIN_TOKENS else "en_de"]
+    configs += [("1B", t, _default_trainable(method, "1B"), "pretrain_tokens") for t in tokens[:-1]]
+    if method in TRAINABLE_PARAMS:
+        default = _default_trainable(method, "1B")
+        configs += [
+            ("1B", final, p, "trainable_params") for p in TRAINABLE_PARAMS[method] if p != default
+        ]
+    rows = []
+    for size, pretrain, trainable, factor in configs:
+        params = factor_law(task, method, factor)
+        model = float(parameter_count(*SHAPES[size]))
+        x = {"model_params": model, "pretrain_tokens": pretrain, "trainable_params": trainable}
+        for d_f in FINETUNE_EXAMPLES[(task, method)]:
+            for seed in range(seeds):
+                mean = params["A"] * x[factor] ** -params["alpha"] * d_f ** -params["beta"]
+                loss = (mean + params["E"]) * np.exp(noise * rng.standard_normal())
+                rows.append({
+                    "task": task, "method": method, "model_params": int(model),
+                    "pretrain_tokens": int(pretrain), "trainable_params": int(trainable),
+                    "finetune_examples": int(d_f), "steps": 1000, "seed": seed,
+                    "test_loss": repr(float(loss)), "test_ppl": repr(float(np.exp(loss))),
+                    "bleu": "", "rouge": "", "run_dir": f"runs/{task}/{method}/{len(rows)}",
+                    "wall_time": 1.0, "config_hash": f"{len(rows):08x}",
+                })  # fmt: skip
+    return rows

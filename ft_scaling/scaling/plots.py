@@ -49,7 +49,7 @@ def plot_factor_fit(fits: Sequence[FactorFit], title: str, stem: str) -> list[st
       title: panel title.
       stem: output path without extension.
     """
-    figure = Figure(figsize=(5.5, 4.0))
+    figure = Figure(figsize=(5.5, 4.0), layout="constrained")
     axes = figure.add_subplot()
     values = sorted({float(v) for f in fits for v in f.points.x})
     cmap = _colours(len(values))
@@ -96,7 +96,7 @@ def plot_method_comparison(
       title: figure title.
       stem: output path without extension.
     """
-    figure = Figure(figsize=(10.0, 4.0))
+    figure = Figure(figsize=(10.0, 4.0), layout="constrained")
     left, right = figure.subplots(1, 2)
     d_lo = min(f.points.d_f.min() for f in fits_by_method.values()) / 10
     d_hi = max(f.points.d_f.max() for f in fits_by_method.values()) * 10
@@ -117,8 +117,11 @@ def plot_method_comparison(
     left.set(xscale="log", yscale="log", xlabel="finetuning examples $D_f$", ylabel="loss")
     left.set_title(f"X = {x_value:.3g}", fontsize=9)
     left.legend(fontsize=7)
-    right.set(xscale="log", yscale="log", xlabel="X", ylabel="critical $D_f$")
-    if right.get_legend_handles_labels()[0]:
+    right.set(xlabel=f"X ({next(iter(fits_by_method.values())).factor})", ylabel="critical $D_f$")
+    if any(c.roots for per_x in crossings.values() for c in per_x):
+        right.set(xscale="log", yscale="log")
         right.legend(fontsize=7)
+    else:  # log axes cannot be empty; say so instead
+        right.text(0.5, 0.5, "no crossing in range", ha="center", transform=right.transAxes)
     figure.suptitle(title, fontsize=10)
     return save(figure, stem)
