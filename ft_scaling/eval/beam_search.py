@@ -100,7 +100,7 @@ def _beam(
     model, variables, prompts, prompt_lengths, max_decode_length, beam_size, alpha, eos_id, pad_id
 ):
     batch, beams = prompts.shape[0], beam_size
-    logits, cache = decoding.prefill(
+    logits, cache = decoding.prefill_cache(
         model, variables, prompts, prompt_lengths, max_decode_length, copies=beams
     )
     positions0 = jnp.repeat(prompt_lengths.astype(jnp.int32), beams)  # [batch * beams]

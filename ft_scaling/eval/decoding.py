@@ -113,7 +113,9 @@ def model_step(model, variables, cache, tokens, segment_ids, positions, prefill:
     return logits[:, -1], mutated["cache"]
 
 
-def prefill(model, variables, prompts, prompt_lengths, max_decode_length: int, copies: int = 1):
+def prefill_cache(
+    model, variables, prompts, prompt_lengths, max_decode_length: int, copies: int = 1
+):
     """Runs the prompt through the model once; returns (next-token logits, cache).
 
     The cache holds prompt + max_decode_length slots for batch * copies rows (copies > 1 for
@@ -164,7 +166,7 @@ def _greedy_loop(next_logits, first_logits, batch, max_decode_length, eos_id, pa
 @functools.partial(jax.jit, static_argnames=("model", "max_decode_length", "eos_id", "pad_id"))
 def _greedy(model, variables, prompts, prompt_lengths, max_decode_length, eos_id, pad_id):
     batch = prompts.shape[0]
-    logits, cache = prefill(model, variables, prompts, prompt_lengths, max_decode_length)
+    logits, cache = prefill_cache(model, variables, prompts, prompt_lengths, max_decode_length)
     lengths = prompt_lengths.astype(jnp.int32)
 
     def next_logits(cache, t, tokens):

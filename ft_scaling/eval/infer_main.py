@@ -64,7 +64,7 @@ def infer(
         predictions = eval_main.predict(restored, examples, decode, vocabulary)
     suffix = f"_{shots}shot" if shots else ""
     name = f"{split}_step{restored.step}{suffix}.jsonl"
-    path = output_path or os.path.join(eval_main.run_dir(checkpoint_path), "inference", name)
+    path = output_path or os.path.join(restore.run_dir(checkpoint_path), "inference", name)
     rows = [
         {"input": e.source, "target": e.target, "prediction": p}
         for e, p in zip(examples, predictions, strict=True)

@@ -30,15 +30,6 @@ from ft_scaling.eval import few_shot, generate, metrics, perplexity, restore
 log = logging.getLogger(__name__)
 
 
-def run_dir(checkpoint_path: str) -> str:
-    """The MODEL_DIR of a MODEL_DIR or of a MODEL_DIR/checkpoints/<step> path."""
-    path = os.path.abspath(checkpoint_path)
-    parent, leaf = os.path.split(path)
-    if leaf.isdigit() and os.path.basename(parent) == "checkpoints":
-        return os.path.dirname(parent)
-    return path
-
-
 def infer_language(task: str) -> str:
     """Target language from a task name ending in its code ('wmt19_enzh' -> 'zh'), else 'en'.
 
@@ -181,7 +172,9 @@ def evaluate(
             results["metrics"].update(
                 {f"zero_shot_{k}": v for k, v in results["zero_shot"]["mean"].items()}
             )
-    results["path"] = metrics.write_results(run_dir(checkpoint_path), name, restored.step, results)
+    results["path"] = metrics.write_results(
+        restore.run_dir(checkpoint_path), name, restored.step, results
+    )
     return results
 
 

@@ -7,6 +7,7 @@ place the params on the ('data','fsdp','model') mesh with the run's logical rule
 """
 
 import dataclasses
+import os
 
 import flax.linen as nn
 import jax
@@ -38,10 +39,36 @@ def abstract_params(model: nn.Module):
     return jax.eval_shape(lambda t: model.init(jax.random.PRNGKey(0), t)["params"], tokens)
 
 
+def run_dir(checkpoint_path: str) -> str:
+    """The MODEL_DIR of a MODEL_DIR or of a MODEL_DIR/checkpoints/<step> path."""
+    path = os.path.abspath(checkpoint_path)
+    parent, leaf = os.path.split(path)
+    if leaf.isdigit() and os.path.basename(parent) == "checkpoints":
+        return os.path.dirname(parent)
+    return path
+
+
+def _fill_frozen(params, meta: dict, checkpoint_path: str):
+    """Frozen leaves of a method run trained without a base checkpoint.
+
+    Such a run saves the frozen params beside the trainable ones (state['frozen']), and
+    `load_params` returns only the trainable split (None elsewhere): lay it over the frozen tree.
+    """
+    if not any(leaf is None for leaf in traverse_util.flatten_dict(params).values()):
+        return params
+    store = checkpoints.CheckpointStore(run_dir(checkpoint_path))
+    try:
+        state, _ = store.restore(int(meta["step"]))
+    finally:
+        store.close()
+    frozen = state.get("frozen")
+    return params if frozen is None else checkpoints.overlay(frozen, params)
+
+
 def check_params(params, model: nn.Module, source: str) -> None:
     """Raises CheckpointError naming the paths where `params` and `model` disagree."""
     expected = traverse_util.flatten_dict(nn.meta.unbox(abstract_params(model)))
-    got = traverse_util.flatten_dict(params)
+    got = {p: v for p, v in traverse_util.flatten_dict(params).items() if v is not None}
     problems = [f"missing {'/'.join(p)}" for p in expected if p not in got]
     problems += [f"unexpected {'/'.join(p)}" for p in got if p not in expected]
     problems += [
@@ -83,6 +110,7 @@ def restore(
     method = method or base.Method()
     model = method.wrap(decoder.Decoder(model_config))
     params, meta = checkpoints.load_params(checkpoint_path, prefer_best=prefer_best)
+    params = _fill_frozen(params, meta, checkpoint_path)
     check_params(params, model, checkpoint_path)
     if merge_lora and hasattr(method, "merge"):
         params = method.merge(params)

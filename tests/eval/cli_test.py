@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from ft_scaling.eval import decoding, examples, infer_main, main
-from ft_scaling.methods import lora
+from ft_scaling.eval import decoding, examples, infer_main, main, restore
+from ft_scaling.methods import base, lora
 from ft_scaling.models.configs import ModelConfig
 from ft_scaling.models.decoder import Decoder
 from ft_scaling.train import checkpoints
@@ -26,11 +26,12 @@ MODEL_FLAGS = [f"--gin.ModelConfig.{k}={v}" for k, v in SIZES.items()] + [
 ]
 
 
-def _save(model_dir, params, step=3, base=None):
+def _save(model_dir, params, step=3, base=None, frozen=None):
     store = checkpoints.CheckpointStore(str(model_dir))
-    store.save(
-        step, {"step": jnp.int32(step), "params": params}, {"step": step, "base_checkpoint": base}
-    )
+    state = {"step": jnp.int32(step), "params": params}
+    if frozen is not None:  # as the trainer saves a method run that had no base checkpoint
+        state["frozen"] = frozen
+    store.save(step, state, {"step": step, "base_checkpoint": base})
     store.close()
 
 
@@ -138,3 +139,16 @@ def test_lora_run_over_its_base_checkpoint(full_run, tmp_path):
     )
     assert main.main(flags) == 0
     assert os.path.exists(tmp_path / "lora_run" / "eval" / "validation_step5.json")
+
+
+def test_method_run_without_base_restores_its_frozen_params(tmp_path):
+    """Trained from scratch, a method run stores trainable and frozen splits side by side."""
+    method = lora.LoRA(rank=2)
+    model = method.wrap(Decoder(CONFIG))
+    params = _params(model, seed=2)
+    trainable, frozen = base.split(params, method.trainable_mask(params))
+    _save(tmp_path / "run", trainable, step=4, frozen=frozen)
+    restored = restore.restore(str(tmp_path / "run"), CONFIG, method, merge_lora=False)
+    got = traverse_util.flatten_dict(jax.device_get(restored.variables["params"]))
+    for path, leaf in traverse_util.flatten_dict(params).items():
+        np.testing.assert_array_equal(got[path], leaf)
