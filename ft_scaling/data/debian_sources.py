@@ -8,7 +8,7 @@ Two sources, both real human translations shipped by Debian:
 
 The readers parse the binary .mo format themselves (the stdlib `gettext` module rejects
 catalogs whose charset header disagrees with their bytes, e.g. net-tools' Latin-1 catalog) and
-decompress apt's lists with the stdlib or the `lz4` binary that apt itself depends on.
+decompress apt's lists with the stdlib, the `lz4` binary or apt's own `apt-helper cat-file`.
 """
 
 import bz2
@@ -177,10 +177,15 @@ def clean_pair(
 
 def _read_compressed(path: str) -> str:
     if path.endswith(".lz4"):
-        lz4 = shutil.which("lz4")
-        if lz4 is None:
-            raise FileNotFoundError(f"{path} is lz4-compressed and no `lz4` binary is on PATH")
-        raw = subprocess.run([lz4, "-dc", path], check=True, capture_output=True).stdout
+        # Python has no stdlib lz4; apt's own helper decompresses what apt wrote.
+        lz4, apt_helper = shutil.which("lz4"), "/usr/lib/apt/apt-helper"
+        if lz4:
+            command = [lz4, "-dc", path]
+        elif os.path.exists(apt_helper):
+            command = [apt_helper, "cat-file", path]
+        else:
+            raise FileNotFoundError(f"{path} is lz4-compressed; install `lz4` to read it")
+        raw = subprocess.run(command, check=True, capture_output=True).stdout
     else:
         opener = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}.get(
             os.path.splitext(path)[1], open
