@@ -94,7 +94,7 @@ def _should_continue(state, t, max_decode_length: int, alpha: float):
 
 @functools.partial(
     jax.jit,
-    static_argnames=("model", "max_decode_length", "beam_size", "alpha", "eos_id", "pad_id"),
+    static_argnames=("model", "max_decode_length", "beam_size", "alpha"),
 )
 def _beam(
     model, variables, prompts, prompt_lengths, max_decode_length, beam_size, alpha, eos_id, pad_id

@@ -163,7 +163,7 @@ def _greedy_loop(next_logits, first_logits, batch, max_decode_length, eos_id, pa
     return jnp.int32(1), done, tokens, score, cond, body
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_decode_length", "eos_id", "pad_id"))
+@functools.partial(jax.jit, static_argnames=("model", "max_decode_length"))
 def _greedy(model, variables, prompts, prompt_lengths, max_decode_length, eos_id, pad_id):
     batch = prompts.shape[0]
     logits, cache = prefill_cache(model, variables, prompts, prompt_lengths, max_decode_length)
@@ -213,7 +213,7 @@ def greedy_decode(
     return DecodeResult(tokens, scores)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_decode_length", "eos_id", "pad_id"))
+@functools.partial(jax.jit, static_argnames=("model", "max_decode_length"))
 def _reference(model, variables, prompts, prompt_lengths, max_decode_length, eos_id, pad_id):
     batch, width = prompts.shape
     lengths = prompt_lengths.astype(jnp.int32)
