@@ -15,7 +15,7 @@ import pytest
 
 from ft_scaling.methods import base, bitfit, freeze, full, lora, prompt
 from ft_scaling.models import configs, decoder
-from ft_scaling.train import optimizers, partitioning, trainer
+from ft_scaling.train import partitioning, trainer
 
 TINY = configs.ModelConfig(
     vocab_size=97, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, embed_dim=32, mlp_dim=64
@@ -38,6 +38,14 @@ def _cached_init(method, config, length, seed):
     # Jitted: eager init compiles every random op separately (seconds per test on CPU).
     init = jax.jit(lambda rng: nn.meta.unbox(model.init(rng, tokens)["params"]))
     return model, init(jax.random.PRNGKey(seed))
+
+
+def abstract_params(method: base.Method, config: configs.ModelConfig, length: int = LENGTH):
+    """The params' shapes (ShapeDtypeStruct leaves), nothing computed: for masks and counts."""
+    model = method.wrap(decoder.Decoder(config))
+    tokens = jnp.ones((1, length), jnp.int32)
+    init = lambda rng: nn.meta.unbox(model.init(rng, tokens)["params"])
+    return jax.eval_shape(init, jax.random.PRNGKey(0))
 
 
 def task_batch(config: configs.ModelConfig, batch: int = 16, length: int = LENGTH, seed=0):
@@ -73,8 +81,7 @@ def finetune(method, config=TINY, steps=20, learning_rate=1e-2, seed=0):
     initial = jax.tree.map(np.asarray, params)  # host copy: the state is donated to the steps
     mask = method.trainable_mask(params)
     settings = ("adamw", 0.0, None)  # optimizers.optimizer(kind, weight_decay, clip_norm)
-    optimizer = optimizers.optimizer(*settings)
-    state, frozen = trainer.create_state(params, mask, optimizer, rng, mesh)
+    state, frozen = trainer.create_state(params, mask, settings, rng, mesh)
     train_step, _ = trainer.jit_steps(model, settings, mesh, rules, state, frozen)
     batch = task_batch(config)
     losses = []
@@ -122,5 +129,9 @@ def trained():
 def kit():
     """The helpers above (test modules cannot import a conftest)."""
     return types.SimpleNamespace(
-        TINY=TINY, init_params=init_params, task_batch=task_batch, finetune=finetune
+        TINY=TINY,
+        init_params=init_params,
+        abstract_params=abstract_params,
+        task_batch=task_batch,
+        finetune=finetune,
     )

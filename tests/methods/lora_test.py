@@ -29,11 +29,11 @@ def test_fresh_lora_equals_base_model_exactly(dtype, kit):
     base_model = decoder.Decoder(config)
     base_params = method.merge(params)  # fresh B = 0: merging leaves the kernels unchanged
     tokens = _tokens(config)
-    adapted = model.apply({"params": params}, tokens)
-    plain = base_model.apply({"params": base_params}, tokens)
+    adapted = jax.jit(model.apply)({"params": params}, tokens)
+    plain = jax.jit(base_model.apply)({"params": base_params}, tokens)
     np.testing.assert_array_equal(np.asarray(adapted), np.asarray(plain))
     # The base paths are exactly the plain decoder's: a base checkpoint restores unchanged.
-    plain_paths = set(traverse_util.flatten_dict(kit.init_params(base.Method(), config)[1]))
+    plain_paths = set(traverse_util.flatten_dict(kit.abstract_params(base.Method(), config)))
     lora_paths = set(traverse_util.flatten_dict(params))
     assert plain_paths == {p for p in lora_paths if not method.is_method_param(p)}
 
@@ -44,10 +44,13 @@ def test_merged_equals_unmerged_after_training(kit, trained):
     flat = traverse_util.flatten_dict(params)
     assert min(np.abs(x).max() for p, x in flat.items() if p[-1] == lora.LORA_B) > 1e-3
     tokens = kit.task_batch(TINY)["decoder_input_tokens"]
-    unmerged = np.asarray(run["model"].apply({"params": params}, tokens))
-    merged = np.asarray(decoder.Decoder(TINY).apply({"params": method.merge(params)}, tokens))
+    apply = jax.jit(run["model"].apply)
+    unmerged = np.asarray(apply({"params": params}, tokens))
+    merged = np.asarray(
+        jax.jit(decoder.Decoder(TINY).apply)({"params": method.merge(params)}, tokens)
+    )
     np.testing.assert_allclose(merged, unmerged, atol=1e-5, rtol=0)
-    before = np.asarray(run["model"].apply({"params": run["initial"]}, tokens))
+    before = np.asarray(apply({"params": run["initial"]}, tokens))
     assert np.abs(unmerged - before).max() > 1e-2  # the update is not negligible
 
 
@@ -69,7 +72,7 @@ def test_factor_shapes_and_logical_axes():
 
 def test_targets_select_modules_and_every_unmatched_pattern_is_an_error(kit):
     method = lora.LoRA(rank=2, targets=("attention/query$", "layers_1/mlp/wo"))
-    _, params = kit.init_params(method, TINY)
+    params = kit.abstract_params(method, TINY)
     adapted = sorted(
         "/".join(p[:-1]) for p in traverse_util.flatten_dict(params) if p[-1] == lora.LORA_A
     )
@@ -104,10 +107,11 @@ def test_dropout_only_with_a_dropout_rng(kit):
         lambda p, x: jnp.ones_like(x) * 0.1 if p[-1].key == lora.LORA_B else x, params
     )
     tokens = _tokens(TINY)
-    first = model.apply({"params": params}, tokens)
-    np.testing.assert_array_equal(first, model.apply({"params": params}, tokens))
+    apply = jax.jit(model.apply, static_argnames="deterministic")
+    first = apply({"params": params}, tokens)
+    np.testing.assert_array_equal(first, apply({"params": params}, tokens))
     rngs = {"dropout": jax.random.PRNGKey(1)}
-    dropped = model.apply({"params": params}, tokens, deterministic=False, rngs=rngs)
+    dropped = apply({"params": params}, tokens, deterministic=False, rngs=rngs)
     assert np.abs(np.asarray(dropped) - np.asarray(first)).max() > 1e-3
 
 
@@ -116,8 +120,9 @@ def test_remat_and_untied_models_keep_the_same_module_paths(kit):
     paths = lora.valid_module_paths(decoder.Decoder(config))
     assert len(paths) == 7 * config.num_layers and "logits_projection" not in paths
     model, params = kit.init_params(lora.LoRA(), config)
-    plain = decoder.Decoder(config).apply({"params": lora.LoRA().merge(params)}, _tokens(config))
-    np.testing.assert_array_equal(model.apply({"params": params}, _tokens(config)), plain)
+    merged = lora.LoRA().merge(params)
+    plain = jax.jit(decoder.Decoder(config).apply)({"params": merged}, _tokens(config))
+    np.testing.assert_array_equal(jax.jit(model.apply)({"params": params}, _tokens(config)), plain)
 
 
 def test_merge_keeps_dtype_and_uses_the_scale(kit):

@@ -75,8 +75,8 @@ def test_prompt_of_token_embeddings_equals_prepending_the_tokens(kit):
     tokens = _tokens()
     head = tokens[0, :3]
     params = {**params, "prompt": model.apply({"params": params}, head[None], method="embed")[0]}
-    with_prompt = model.apply({"params": params}, tokens[:, 3:])
-    plain = decoder.Decoder(TINY).apply(
+    with_prompt = jax.jit(model.apply)({"params": params}, tokens[:, 3:])
+    plain = jax.jit(decoder.Decoder(TINY).apply)(
         {"params": params}, jnp.concatenate([jnp.broadcast_to(head, (2, 3)), tokens[:, 3:]], axis=1)
     )
     np.testing.assert_allclose(with_prompt, plain[:, 3:], atol=1e-5)
@@ -85,17 +85,18 @@ def test_prompt_of_token_embeddings_equals_prepending_the_tokens(kit):
 def test_left_and_right_padding_match_unpadded(kit):
     model, params = kit.init_params(prompt.PromptTuning(prompt_length=PROMPT_LENGTH), TINY)
     tokens = _tokens(batch=1, length=6)
-    alone = model.apply({"params": params}, tokens)
+    apply = jax.jit(model.apply)
+    alone = apply({"params": params}, tokens)
     pad = jnp.zeros((1, 3), jnp.int32)
     real, none = jnp.ones((1, 6), jnp.int32), jnp.zeros((1, 3), jnp.int32)
     positions = jnp.arange(6)[None]
-    right = model.apply(
+    right = apply(
         {"params": params},
         jnp.concatenate([tokens, pad], 1),
         jnp.concatenate([real, none], 1),
         jnp.concatenate([positions, jnp.zeros((1, 3), jnp.int32)], 1),
     )
-    left = model.apply(
+    left = apply(
         {"params": params},
         jnp.concatenate([pad, tokens], 1),
         jnp.concatenate([none, real], 1),
@@ -108,23 +109,20 @@ def test_left_and_right_padding_match_unpadded(kit):
 def test_cached_decoding_matches_full_forward(kit):
     model, params = kit.init_params(prompt.PromptTuning(prompt_length=PROMPT_LENGTH), TINY)
     tokens = _tokens(length=10)
-    full = model.apply({"params": params}, tokens)
-    cache = model.init(jax.random.PRNGKey(0), tokens, decode=True)["cache"]
+    full = jax.jit(model.apply)({"params": params}, tokens)
+    cache = jax.jit(lambda t: model.init(jax.random.PRNGKey(0), t, decode=True)["cache"])(tokens)
     cached_key = cache["layers_0"]["attention"]["cached_key"]
     assert nn.meta.unbox(cached_key).shape[1] == PROMPT_LENGTH + 10  # prompt + max length
-    out, state = model.apply(
-        {"params": params, "cache": cache}, tokens[:, :6], decode=True, mutable=["cache"]
+    prefill = jax.jit(lambda v, t: model.apply(v, t, decode=True, mutable=["cache"]))
+    out, state = prefill({"params": params, "cache": cache}, tokens[:, :6])
+    step = jax.jit(
+        lambda v, t, pos: model.apply(
+            v, t, positions=pos, decode=True, prefill=False, mutable=["cache"]
+        )
     )
     steps = [out]
     for t in range(6, 10):  # positions in token coordinates, as for the plain decoder
-        out, state = model.apply(
-            {"params": params, **state},
-            tokens[:, t : t + 1],
-            positions=jnp.full((2, 1), t),
-            decode=True,
-            prefill=False,
-            mutable=["cache"],
-        )
+        out, state = step({"params": params, **state}, tokens[:, t : t + 1], jnp.full((2, 1), t))
         steps.append(out)
     np.testing.assert_allclose(jnp.concatenate(steps, 1), full, atol=1e-5)
     with pytest.raises(ValueError, match="need `positions`"):
