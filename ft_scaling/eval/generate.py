@@ -23,19 +23,20 @@ class DecodeSettings:
     """How to decode.
 
     Attributes:
-      max_decode_length: new tokens per example at most (> 0).
+      max_decode_length: new tokens per example at most (> 0); None lets the run choose (the
+        eval and infer runs use the task's targets feature length).
       beam_size: 1 = greedy (the paper's choice); more = beam search.
       alpha: beam search length penalty exponent (GNMT; t5x's default 0.6).
       batch_size: prompts per decoder call.
     """
 
-    max_decode_length: int = 256
+    max_decode_length: int | None = None
     beam_size: int = 1
     alpha: float = 0.6
     batch_size: int = 32
 
     def __post_init__(self):
-        if self.max_decode_length <= 0:
+        if self.max_decode_length is not None and self.max_decode_length <= 0:
             raise ValueError(f"max_decode_length must be positive, got {self.max_decode_length}")
         if self.beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
@@ -66,6 +67,8 @@ def generate(
     """
     if not prompts:
         raise ValueError("no prompts to decode (empty split?)")
+    if settings.max_decode_length is None:
+        raise ValueError("DecodeSettings.max_decode_length is not set")
     # Rounded up so that prompt sets of similar lengths (e.g. the zero-shot directions) share
     # one compiled decoder; the extra left padding is masked out.
     width = -(-max(len(p) for p in prompts) // WIDTH_BUCKET) * WIDTH_BUCKET

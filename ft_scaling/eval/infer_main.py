@@ -51,7 +51,7 @@ def infer(
     prefer_best: bool = True,
 ) -> str:
     """Decodes every example of the split and writes the JSONL; returns its path."""
-    decode = decode or generate.DecodeSettings()
+    decode = eval_main.resolve_decode(decode, feature_lengths)
     config = model_config or eval_main.default_config()
     restored = restore.restore(checkpoint_path, config, method, prefer_best)
     vocabulary = examples_lib.vocabulary(task)

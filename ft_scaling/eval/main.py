@@ -12,6 +12,8 @@
     write      MODEL_DIR/eval/<split>_step<step>[...].json and rows of MODEL_DIR/metrics.jsonl
 """
 
+import dataclasses
+import functools
 import logging
 import math
 import os
@@ -62,20 +64,42 @@ def predict(restored, examples, decode: generate.DecodeSettings, vocabulary) -> 
     return [vocabulary.decode(tokens) for tokens in outputs]
 
 
+def resolve_decode(decode, feature_lengths) -> generate.DecodeSettings:
+    """Decode settings with max_decode_length None replaced by the targets feature length."""
+    decode = decode or generate.DecodeSettings()
+    if decode.max_decode_length is None:
+        decode = dataclasses.replace(decode, max_decode_length=int(feature_lengths["targets"]))
+    return decode
+
+
 def task_few_shot(examples, task, feature_lengths, shots, seed, vocabulary):
     """Queries with `shots` demonstrations from the task's train split in front."""
     pool = examples_lib.task_examples(task, "train", feature_lengths, max_examples=1000)
     demos = [(d.source, d.target) for d in few_shot.choose_demonstrations(pool, shots, seed)]
-    encode = lambda text: vocabulary.encode(text)
     return [
         examples_lib.Example(
-            few_shot.few_shot_prompt(encode, demos, e.source, vocabulary.eos_id), e.source, e.target
+            few_shot.few_shot_prompt(vocabulary.encode, demos, e.source, vocabulary.eos_id),
+            e.source,
+            e.target,
         )
         for e in examples
     ]
 
 
-def zero_shot(restored, flores_dir, target, shots, seed, decode, vocabulary, names, **backends):
+def task_generation(
+    restored, task, split, feature_lengths, max_examples, shots, seed, decode, scoring
+) -> dict:
+    """Generation metrics of the split's examples (k-shot when shots > 0)."""
+    vocabulary = examples_lib.vocabulary(task)
+    examples = examples_lib.task_examples(task, split, feature_lengths, max_examples)
+    if shots:
+        examples = task_few_shot(examples, task, feature_lengths, shots, seed, vocabulary)
+    predictions = predict(restored, examples, decode, vocabulary)
+    targets, sources = [e.target for e in examples], [e.source for e in examples]
+    return {**scoring(targets, predictions, sources=sources), "generated_examples": len(examples)}
+
+
+def zero_shot(restored, flores_dir, target, shots, seed, decode, vocabulary, scoring):
     """Scores per Flores-200 direction into `target`, and their mean (paper §5)."""
     results = {}
     for source in few_shot.ZERO_SHOT_SOURCES[target]:
@@ -85,14 +109,8 @@ def zero_shot(restored, flores_dir, target, shots, seed, decode, vocabulary, nam
             pairs, source, target, vocabulary.encode, vocabulary.eos_id, shots, demos, seed
         )
         predictions = predict(restored, examples, decode, vocabulary)
-        results[f"{source}-{target}"] = metrics.score(
-            [e.target for e in examples],
-            predictions,
-            names,
-            target,
-            sources=[s for s, _ in pairs],
-            **backends,
-        )
+        targets = [e.target for e in examples]
+        results[f"{source}-{target}"] = scoring(targets, predictions, sources=[s for s, _ in pairs])
     keys = next(iter(results.values())).keys()
     results["mean"] = {k: float(np.mean([r[k] for r in results.values()])) for k in keys}
     return results
@@ -121,60 +139,45 @@ def evaluate(
     comet_checkpoint: str | None = None,
 ) -> dict:
     """Evaluates one checkpoint; writes and returns the results (eval.gin documents the args)."""
-    decode = decode or generate.DecodeSettings()
+    decode = resolve_decode(decode, feature_lengths)
     language = target_language or infer_language(task)
-    restored = restore.restore(
-        checkpoint_path, model_config or default_config(), method, prefer_best
+    config = model_config or default_config()
+    restored = restore.restore(checkpoint_path, config, method, prefer_best)
+    scoring = functools.partial(
+        metrics.score,
+        names=metric_names,
+        language=language,
+        bleurt_checkpoint=bleurt_checkpoint,
+        comet_checkpoint=comet_checkpoint,
     )
-    name = f"{split}_step{restored.step}" + (f"_{shots}shot" if shots else "")
     results = {
         "checkpoint": os.path.abspath(checkpoint_path),
         "task": task,
         "split": split,
         "shots": shots,
-        "decode": decode.__dict__,
+        "decode": dataclasses.asdict(decode),
         "metrics": {},
     }
-    backends = {"bleurt_checkpoint": bleurt_checkpoint, "comet_checkpoint": comet_checkpoint}
     with jax.set_mesh(restored.mesh), nn.logical_axis_rules(restored.rules):
         if compute_perplexity:
             ppl = split_perplexity(restored, task, split, feature_lengths, batch_size)
             results["metrics"].update(ppl)
         if compute_generation:
-            vocabulary = examples_lib.vocabulary(task)
-            examples = examples_lib.task_examples(task, split, feature_lengths, max_examples)
-            if shots:
-                examples = task_few_shot(examples, task, feature_lengths, shots, seed, vocabulary)
-            predictions = predict(restored, examples, decode, vocabulary)
-            results["metrics"].update(
-                metrics.score(
-                    [e.target for e in examples],
-                    predictions,
-                    metric_names,
-                    language,
-                    sources=[e.source for e in examples],
-                    **backends,
-                )
+            scores = task_generation(
+                restored, task, split, feature_lengths, max_examples, shots, seed, decode, scoring
             )
-            results["generated_examples"] = len(examples)
+            results["generated_examples"] = scores.pop("generated_examples")
+            results["metrics"].update(scores)
         if flores_dir:
-            results["zero_shot"] = zero_shot(
-                restored,
-                flores_dir,
-                language,
-                shots,
-                seed,
-                decode,
-                examples_lib.vocabulary(task),
-                metric_names,
-                **backends,
+            vocabulary = examples_lib.vocabulary(task)
+            zero = zero_shot(
+                restored, flores_dir, language, shots, seed, decode, vocabulary, scoring
             )
-            results["metrics"].update(
-                {f"zero_shot_{k}": v for k, v in results["zero_shot"]["mean"].items()}
-            )
-    results["path"] = metrics.write_results(
-        restore.run_dir(checkpoint_path), name, restored.step, results
-    )
+            results["zero_shot"] = zero
+            results["metrics"].update({f"zero_shot_{k}": v for k, v in zero["mean"].items()})
+    name = f"{split}_step{restored.step}" + (f"_{shots}shot" if shots else "")
+    run_dir = restore.run_dir(checkpoint_path)
+    results["path"] = metrics.write_results(run_dir, name, restored.step, results)
     return results
 
 

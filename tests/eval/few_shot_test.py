@@ -1,12 +1,14 @@
 """Few-shot prompt format, Flores-200 / TFDS readers, and the zero-shot directions (paper §5)."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ft_scaling.eval import examples, few_shot, generate, main, restore
+from ft_scaling.eval import examples, few_shot, generate, main, metrics, restore
 from ft_scaling.models.configs import ModelConfig
 from ft_scaling.models.decoder import Decoder
 from ft_scaling.train import partitioning
@@ -91,9 +93,8 @@ def test_zero_shot_scores_every_direction_and_their_mean(tmp_path):
     restored = restore.RestoredModel(model, params, 0, {}, partitioning.make_mesh(), ())
     vocabulary = examples.vocabulary("debian_l10n_translate_en_zh")
     decode = generate.DecodeSettings(max_decode_length=4, batch_size=2)
-    results = main.zero_shot(
-        restored, str(tmp_path), "zh", 1, 0, decode, vocabulary, ["bleu", "chrf"]
-    )
+    scoring = functools.partial(metrics.score, names=["bleu", "chrf"], language="zh")
+    results = main.zero_shot(restored, str(tmp_path), "zh", 1, 0, decode, vocabulary, scoring)
     assert sorted(results) == ["de-zh", "fr-zh", "hi-zh", "mean", "pt-zh", "tr-zh"]
     chrf = [results[f"{s}-zh"]["chrf"] for s in few_shot.ZERO_SHOT_SOURCES["zh"]]
     np.testing.assert_allclose(results["mean"]["chrf"], np.mean(chrf))
