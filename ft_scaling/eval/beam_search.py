@@ -38,17 +38,10 @@ def length_penalty(length, alpha: float):
 
 
 def _gather_beams(tree, parents, batch: int, beams: int):
-    """Reorders the [batch * beams, ...] leaves (or [batch, beams, ...] arrays) by parent beam."""
+    """Reorders the [batch * beams, ...] cache leaves: new beam j of a row copies `parents[j]`."""
     rows = (jnp.arange(batch)[:, None] * beams + parents).reshape(-1)
-
-    def gather(x):
-        if x.ndim == 0:  # the cache index is shared by all rows
-            return x
-        if x.shape[0] == batch * beams:
-            return x[rows]
-        return x.reshape(batch * beams, *x.shape[2:])[rows].reshape(x.shape)
-
-    return jax.tree.map(gather, tree)
+    # The scalar cache index is shared by all rows.
+    return jax.tree.map(lambda x: x[rows] if x.ndim else x, tree)
 
 
 def _top(scores, k: int, *arrays):
