@@ -6,9 +6,11 @@ replicate value is the mean of its redrawn runs and its weight the redraw count 
 count (1 in expectation, as in the main fit). With one run per point this is the classical
 pairs bootstrap; with the paper's three runs per point it also carries the seed noise.
 
-Replicates are refitted from the best distinct optima of the main fit (`warm_starts`) rather
-than the whole grid: the grid's job, finding the basin, is done once; all replicates of a
-setting then run as one batched L-BFGS solve.
+Replicates are refitted from the best distinct optima of the main fit plus an evenly thinned
+subset of its grid (`replicate_starts`) rather than from the whole grid: the grid's job, finding
+the basin, is mostly done once, while the grid subset keeps replicates free to leave a basin
+that only the original data favoured (e.g. E pushed to 0 when beta is small and E and A trade
+off). All replicates of a setting then run as one batched L-BFGS solve.
 """
 
 import dataclasses
@@ -24,6 +26,7 @@ class BootstrapOptions:
 
     replicates: int = 200
     warm_starts: int = 8  # distinct optima of the main fit that start every replicate
+    grid_starts: int = 8  # plus this many grid points, evenly thinned from the main grid
     level: float = 0.95  # central percentile interval
     seed: int = 0
 
@@ -72,6 +75,13 @@ def warm_starts(result: fit.Fit, count: int) -> np.ndarray:
         if len(chosen) == count:
             break
     return np.stack(chosen)
+
+
+def replicate_starts(result: fit.Fit, boot: BootstrapOptions) -> np.ndarray:
+    """Starts of every replicate: distinct optima of `result` and a thinned grid, [S, P]."""
+    grid = result.starts.init
+    thinned = grid[np.linspace(0, len(grid) - 1, min(boot.grid_starts, len(grid))).astype(int)]
+    return np.concatenate([warm_starts(result, boot.warm_starts), thinned])
 
 
 def identifiable(problem: fit.Problem) -> np.ndarray:

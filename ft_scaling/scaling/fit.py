@@ -89,7 +89,7 @@ class Problem:
 
     names: tuple[str, ...]
     design: np.ndarray  # [terms, points, free params]
-    offset: np.ndarray  # [replicates, terms, points]
+    offset: np.ndarray  # [replicates or 1, terms, points]
     target: np.ndarray  # [replicates, points]
     weight: np.ndarray  # [replicates, points]
 
@@ -98,6 +98,15 @@ class _Objective:
     """Summed robust loss of a `Problem` in whitened coordinates, with its exact gradient."""
 
     def __init__(self, problem: Problem, options: FitOptions, starts_per_replicate: int):
+        # Points with zero weight in every replicate (held out) cost time and change nothing.
+        used = np.any(problem.weight > 0, axis=0)
+        problem = dataclasses.replace(
+            problem,
+            design=problem.design[:, used],
+            offset=problem.offset[..., used],
+            target=problem.target[:, used],
+            weight=problem.weight[:, used],
+        )
         terms, points, params = problem.design.shape
         self.flat = problem.design.reshape(terms * points, params)
         # The QR factor scaled so each whitened column has unit RMS over the stacked design.
@@ -110,7 +119,10 @@ class _Objective:
         self.log_target = np.log(problem.target)
 
     def residual(self, z, replicate):
-        u = (z @ self.flat_z.T).reshape((len(z),) + self.shape) + self.problem.offset[replicate]
+        offset = self.problem.offset
+        # A shared offset (no per-replicate fixed values) broadcasts instead of being gathered.
+        offset = offset[replicate] if len(offset) > 1 else offset
+        u = (z @ self.flat_z.T).reshape((len(z),) + self.shape) + offset
         if self.options.residual == "raw":
             du = np.exp(u)  # d L_hat / d u_k
             return du.sum(axis=1) - self.problem.target[replicate], du
@@ -159,7 +171,7 @@ def make_problem(names, design, target, weight=None, fixed=None) -> Problem:
     weight = np.broadcast_to(weight, target.shape)
     fixed = dict(fixed or {})
     free = [i for i, n in enumerate(names) if n not in fixed]
-    offset = np.zeros((target.shape[0],) + design.shape[:2])
+    offset = np.zeros((1,) + design.shape[:2])
     for name, value in fixed.items():
         coord = np.array([laws.to_coord(name, v) for v in np.ravel(value)])  # [1 or replicates]
         column = design[..., list(names).index(name)]  # [terms, points]

@@ -168,7 +168,7 @@ def _fit_part(names, design, parts, fixed, fixed_boot, draws, options, boot):
     if draws is None:
         return main, np.full((0, len(names)), np.nan)
     values, weights = _replicate_data(parts, draws)
-    starts = boot_lib.warm_starts(main, boot.warm_starts)
+    starts = boot_lib.replicate_starts(main, boot)
     return main, boot_lib.refit(names, design, values, weights, fixed_boot or {}, starts, options)
 
 
