@@ -154,7 +154,11 @@ def run(args: argparse.Namespace) -> int:
                 raise
             skipped.append({"group": group, "reason": str(error)})
             continue
-        setting = procedure.fit_setting(sweeps, args.law, proc, args.held_out, options, boot)
+        if proc == "two_stage":  # stage 1 always pools the model-size and pretraining sweeps
+            sweeps = tables.sweeps_for_rows(table, rows, None, args.metric) | sweeps
+        setting = procedure.fit_setting(
+            sweeps, args.law, proc, args.held_out, options, boot, report=list(factors or sweeps)
+        )
         fitted.append((group, setting))
         extra = {"saturation": _saturation(setting, args.saturation_threshold),
                  "exponent_comparison": _exponents(setting)}  # fmt: skip

@@ -14,6 +14,7 @@ Bootstrap intervals come from `bootstrap.py` (by run, shared by all sweeps of a 
 """
 
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -214,7 +215,7 @@ def _design(law, parts, factors):
     )
 
 
-def _two_stage(law, parts, options, boot) -> tuple[fit.Fit, dict[str, FactorFit]]:
+def _two_stage(law, parts, options, boot, report) -> tuple[fit.Fit, dict[str, FactorFit]]:
     draws = _draws(list(parts.values()), boot)
     stage1_factors = [f for f in STAGE1_FACTORS if f in parts]
     if not stage1_factors:
@@ -232,7 +233,8 @@ def _two_stage(law, parts, options, boot) -> tuple[fit.Fit, dict[str, FactorFit]
     failed = ~np.all(np.isfinite(samples1), axis=1)
     shared_boot = {p: np.where(failed, shared[p], v) for p, v in shared_boot.items()}
     results = {}
-    for factor, part in parts.items():
+    for factor in report:
+        part = parts[factor]
         names2, design2 = _design(law, [part], [factor])
         main, samples = _fit_part(
             names2, design2, [part], shared, shared_boot, draws, options, boot
@@ -293,6 +295,7 @@ def fit_setting(
     held_out_rule: str = "paper",
     options: fit.FitOptions | None = None,
     bootstrap: BootstrapOptions | None = None,
+    report: Sequence[str] | None = None,
 ) -> SettingFit:
     """Fits one setting (a task and a method) by `procedure`.
 
@@ -317,8 +320,11 @@ def fit_setting(
         raise ValueError("the single-factor law goes with procedure 'single' and only with it")
     if not sweeps:
         raise ScalingInputError("no sweeps to fit")
+    if report and not set(report) <= set(sweeps):
+        raise ScalingInputError(f"no sweep for {sorted(set(report) - set(sweeps))}")
     if procedure == "single":
-        factors = _single(law_obj, sweeps, held_out_rule, options, bootstrap)
+        chosen = {f: sweeps[f] for f in report or sweeps}
+        factors = _single(law_obj, chosen, held_out_rule, options, bootstrap)
         return SettingFit(procedure, law, held_out_rule, options, None, factors)
     parts = {}
     for factor, sweep in sweeps.items():
@@ -326,9 +332,10 @@ def fit_setting(
         parts[factor] = _Part(sweep, points, index)
         _check_sweep(parts[factor], len(law_obj.factor_params))
     if procedure == "two_stage":
-        stage1, factors = _two_stage(law_obj, parts, options, bootstrap)
+        stage1, factors = _two_stage(law_obj, parts, options, bootstrap, report or list(parts))
     else:
         for part in parts.values():
             _check_sweep(part, len(law_obj.param_names))
-        stage1, factors = None, _free(law_obj, parts, options, bootstrap)
+        chosen = {f: parts[f] for f in report or parts}
+        stage1, factors = None, _free(law_obj, chosen, options, bootstrap)
     return SettingFit(procedure, law, held_out_rule, options, stage1, factors)
