@@ -136,6 +136,9 @@ class PromptTuning(base.Method):
         'uniform' (U[-uniform_scale, uniform_scale]).
       uniform_scale: half-width of the uniform init.
       vocab_sample_range: [low, high) of the token ids the 'vocab' init samples.
+      allow_longer_than_sequence: accept P >= the summed feature lengths. Off by default to
+        catch typos; the paper's held-out |P| = 600 with 256 + 256 token features (PAPER.md
+        §2-3) needs it on.
     """
 
     name = "prompt"
@@ -143,6 +146,7 @@ class PromptTuning(base.Method):
     init_method: str = "vocab"
     uniform_scale: float = 0.5
     vocab_sample_range: tuple[int, int] = (3, 5003)
+    allow_longer_than_sequence: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "vocab_sample_range", tuple(self.vocab_sample_range))
@@ -175,11 +179,12 @@ class PromptTuning(base.Method):
                 "so a packed row's later examples would not see it; set packing off"
             )
         sequence_length = sum(feature_lengths.values())
-        if self.prompt_length >= sequence_length:
+        if self.prompt_length >= sequence_length and not self.allow_longer_than_sequence:
             raise ValueError(
                 f"PromptTuning.prompt_length={self.prompt_length} must be shorter than the "
                 f"sequence it is prepended to (feature lengths {dict(feature_lengths)}, total "
-                f"{sequence_length})"
+                f"{sequence_length}); set PromptTuning.allow_longer_than_sequence = True if "
+                "that is intended"
             )
 
     def after_restore(self, params, rng: jax.Array):

@@ -142,6 +142,9 @@ def test_bad_settings_are_refused_before_training():
         method.validate(TINY, {"inputs": 64, "targets": 64}, packed=True)
     with pytest.raises(ValueError, match="prompt_length=100 must be shorter.*total 80"):
         method.validate(TINY, {"inputs": 40, "targets": 40}, packed=False)
+    # PAPER.md §2-3: |P| = 600 (held out) with 256/256-token features, when asked for.
+    long_prompt = prompt.PromptTuning(prompt_length=600, allow_longer_than_sequence=True)
+    long_prompt.validate(TINY, {"inputs": 256, "targets": 256}, packed=False)
     for length in (0, -3):
         with pytest.raises(ValueError, match=f"prompt_length must be positive, got {length}"):
             prompt.PromptTuning(prompt_length=length)
