@@ -25,8 +25,8 @@ class BootstrapOptions:
     """Bootstrap by run. `replicates=0` switches it off."""
 
     replicates: int = 200
-    warm_starts: int = 8  # distinct optima of the main fit that start every replicate
-    grid_starts: int = 8  # plus this many grid points, evenly thinned from the main grid
+    warm_starts: int = 4  # distinct optima of the main fit that start every replicate
+    grid_starts: int = 4  # plus this many grid points, evenly thinned from the main grid
     level: float = 0.95  # central percentile interval
     seed: int = 0
 

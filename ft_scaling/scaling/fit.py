@@ -237,7 +237,8 @@ def solve(problem: Problem, starts: np.ndarray, options: FitOptions) -> Solution
     objective = _Objective(problem, options, per_replicate)
     z0 = starts.reshape(-1, starts.shape[-1]) @ objective.whiten.T
     floor = np.repeat(objective.floor(), per_replicate)
-    result = lbfgs.minimize(objective, z0, options.optimizer, value_floor=floor)
+    groups = np.repeat(np.arange(replicates), per_replicate)
+    result = lbfgs.minimize(objective, z0, options.optimizer, value_floor=floor, groups=groups)
     theta = np.linalg.solve(objective.whiten, result.theta.T).T
     shape = (replicates, per_replicate)
     return Solution(

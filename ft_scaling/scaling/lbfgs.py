@@ -32,6 +32,7 @@ CONVERGED_EXACT = 2  # loss at the floating-point rounding floor of the data
 MAX_ITER = 3
 LINESEARCH_FAILED = 4
 NONFINITE = 5
+ABANDONED = 6  # stopped early: far worse than a converged start of the same problem
 STATUS_NAMES = (
     "converged_gtol",
     "converged_ftol",
@@ -39,6 +40,7 @@ STATUS_NAMES = (
     "max_iter",
     "linesearch_failed",
     "nonfinite",
+    "abandoned",
 )
 CONVERGED_STATUSES = (CONVERGED_GTOL, CONVERGED_FTOL, CONVERGED_EXACT)
 
@@ -56,6 +58,11 @@ class LbfgsOptions:
     memory: int = 10
     gtol: float = 1e-12  # on the infinity norm of the gradient
     ftol: float = 1e-12  # on (f_k - f_k+1) / max(|f_k|, |f_k+1|)
+    # Starts that crawl through flat, bad regions dominate the wall time of a batch. After
+    # `abandon_after` iterations, a row whose loss is above `abandon_factor` times the best
+    # converged loss of its problem (same `groups` id) stops as ABANDONED; None keeps all.
+    abandon_after: int = 50
+    abandon_factor: float | None = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,6 +200,18 @@ def _retire(state: _State, rows, old_value, options: LbfgsOptions, floor) -> Non
         state.status[rows[hit]] = code
 
 
+def _abandon(state: _State, groups: np.ndarray, options: LbfgsOptions) -> None:
+    """Stops running rows that are far worse than a converged row of their group."""
+    running = np.flatnonzero((state.status < 0) & (state.iterations >= options.abandon_after))
+    done = np.flatnonzero(np.isin(state.status, CONVERGED_STATUSES))
+    if len(running) == 0 or len(done) == 0:
+        return
+    best = np.full(groups.max() + 1, np.inf)
+    np.minimum.at(best, groups[done], state.value[done])
+    limit = options.abandon_factor * best[groups[running]] + 1e-300
+    state.status[running[state.value[running] > limit]] = ABANDONED
+
+
 def _iterate(fun: ValueAndGrad, state: _State, options: LbfgsOptions, floor) -> None:
     """One L-BFGS iteration on every still-running row."""
     rows = np.flatnonzero(state.status < 0)
@@ -227,6 +246,7 @@ def minimize(
     theta0: np.ndarray,
     options: LbfgsOptions = LbfgsOptions(),
     value_floor: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
 ) -> LbfgsResult:
     """Minimises every row of `theta0` independently.
 
@@ -237,6 +257,8 @@ def minimize(
       options: stopping rules and L-BFGS memory.
       value_floor: [rows] loss below which a row counts as exactly fitted (the loss that rounding
         of the data alone produces); default 0.
+      groups: [rows] int problem id of each row (starts of the same fit share one), used to
+        abandon hopeless starts (see `LbfgsOptions.abandon_factor`); None disables that.
 
     Returns:
       The final point, value, gradient norm, iteration count and status of every row.
@@ -250,6 +272,8 @@ def minimize(
     state.status[running & (state.value <= floor)] = CONVERGED_EXACT
     while np.any(state.status < 0):
         _iterate(fun, state, options, floor)
+        if groups is not None and options.abandon_factor is not None:
+            _abandon(state, np.asarray(groups), options)
     return LbfgsResult(
         theta=state.theta,
         value=state.value,

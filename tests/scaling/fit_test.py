@@ -32,7 +32,10 @@ def test_noiseless_recovery_is_exact_to_1e_6():
     for fitted, truth in zip(fits, draws, strict=True):
         assert fitted.converged, fitted.status
         assert _max_relative_error(fitted.params, truth) < 1e-6
-        assert fitted.n_converged_starts > 0.9 * len(fitted.starts.loss)
+        # Starts far worse than the best after 50 iterations are abandoned (LbfgsOptions);
+        # many others still reach the optimum on their own.
+        assert fitted.n_converged_starts >= 50
+        assert set(fitted.starts.status) <= {*lbfgs.STATUS_NAMES[:3], "abandoned"}
 
 
 @pytest.mark.parametrize("residual", ["raw", "log"])
