@@ -92,15 +92,22 @@ def saturation_point(
     """Smallest D_f in `d_range` from which a doubling gains less than `threshold` (relative).
 
     Returns d_range[0] if the gain is already below the threshold there, None if it never
-    falls below it within the range. The gain of a power law decreases monotonically in D_f.
+    falls below it within the range (or the law is not finite there). Scans a log grid for the
+    first drop below the threshold, then refines it with Brent's method.
     """
-    lo, hi = np.log(d_range[0]), np.log(d_range[1])
+    grid = np.linspace(np.log(d_range[0]), np.log(d_range[1]), 2001)
     excess = lambda log_d: relative_gain_per_doubling(law, params, x, np.exp(log_d)) - threshold
-    if excess(lo) < 0:
-        return float(d_range[0])
-    if excess(hi) >= 0:
+    with np.errstate(all="ignore"):
+        values = excess(grid)
+    below = np.flatnonzero(np.isfinite(values) & (values < 0))
+    if len(below) == 0:
         return None
-    return float(np.exp(optimize.brentq(excess, lo, hi, xtol=1e-14)))
+    first = below[0]
+    if first == 0:
+        return float(d_range[0])
+    if not np.isfinite(values[first - 1]):
+        return float(np.exp(grid[first]))
+    return float(np.exp(optimize.brentq(excess, grid[first - 1], grid[first], xtol=1e-14)))
 
 
 def empirical_saturation(d_f, loss, threshold: float = 0.01) -> float | None:

@@ -94,7 +94,7 @@ class Problem:
     weight: np.ndarray  # [replicates, points]
 
 
-class _Objective:
+class Objective:
     """Summed robust loss of a `Problem` in whitened coordinates, with its exact gradient."""
 
     def __init__(self, problem: Problem, options: FitOptions, starts_per_replicate: int):
@@ -234,7 +234,7 @@ def solve(problem: Problem, starts: np.ndarray, options: FitOptions) -> Solution
     replicates = problem.target.shape[0]
     starts = np.broadcast_to(starts, (replicates,) + starts.shape[-2:])
     per_replicate = starts.shape[1]
-    objective = _Objective(problem, options, per_replicate)
+    objective = Objective(problem, options, per_replicate)
     z0 = starts.reshape(-1, starts.shape[-1]) @ objective.whiten.T
     floor = np.repeat(objective.floor(), per_replicate)
     groups = np.repeat(np.arange(replicates), per_replicate)
