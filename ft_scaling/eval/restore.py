@@ -48,23 +48,6 @@ def run_dir(checkpoint_path: str) -> str:
     return path
 
 
-def _fill_frozen(params, meta: dict, checkpoint_path: str):
-    """Frozen leaves of a method run trained without a base checkpoint.
-
-    Such a run saves the frozen params beside the trainable ones (state['frozen']), and
-    `load_params` returns only the trainable split (None elsewhere): lay it over the frozen tree.
-    """
-    if not any(leaf is None for leaf in traverse_util.flatten_dict(params).values()):
-        return params
-    store = checkpoints.CheckpointStore(run_dir(checkpoint_path))
-    try:
-        state, _ = store.restore(int(meta["step"]))
-    finally:
-        store.close()
-    frozen = state.get("frozen")
-    return params if frozen is None else checkpoints.overlay(frozen, params)
-
-
 def check_params(params, model: nn.Module, source: str) -> None:
     """Raises CheckpointError naming the paths where `params` and `model` disagree."""
     expected = traverse_util.flatten_dict(nn.meta.unbox(abstract_params(model)))
@@ -110,7 +93,6 @@ def restore(
     method = method or base.Method()
     model = method.wrap(decoder.Decoder(model_config))
     params, meta = checkpoints.load_params(checkpoint_path, prefer_best=prefer_best)
-    params = _fill_frozen(params, meta, checkpoint_path)
     check_params(params, model, checkpoint_path)
     if merge_lora and hasattr(method, "merge"):
         params = method.merge(params)

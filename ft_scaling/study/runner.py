@@ -19,8 +19,6 @@ import sys
 import time
 import traceback
 
-import jax
-
 from ft_scaling.config import flags
 from ft_scaling.study import store as store_lib
 from ft_scaling.study import sweep
@@ -188,6 +186,3 @@ def _row(run: sweep.Run, summary: dict, model_params: int, model_dir: str) -> di
         raise RuntimeError(f"run {run.run_id} produced no finite test loss")
     return row
 
-
-def process_is_leader() -> bool:
-    return jax.process_index() == 0

@@ -186,6 +186,8 @@ def load_params(path: str, prefer_best: bool = True) -> tuple[dict, dict]:
     finally:
         store.close()
     params = state["params"]
+    if state.get("frozen") is not None:  # a method run trained from scratch keeps its frozen part
+        params = overlay(state["frozen"], params)
     if meta.get("base_checkpoint"):
         base_params, _ = load_params(meta["base_checkpoint"], prefer_best=True)
         params = overlay(base_params, params)

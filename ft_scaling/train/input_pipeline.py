@@ -7,6 +7,7 @@ an uninterrupted run would have seen.
 """
 
 import dataclasses
+import functools
 from collections.abc import Iterator, Mapping
 
 import numpy as np
@@ -32,6 +33,8 @@ class InputSpec:
 
 
 def get_task(name: str):
+    import ft_scaling.data.tasks  # noqa: F401  (registers the package's tasks, idempotently)
+
     try:
         return seqio.get_mixture_or_task(name)
     except ValueError as err:
@@ -62,15 +65,29 @@ def _dataset(spec: InputSpec, split: str, shuffle: bool, num_epochs: int | None)
     )
 
 
+# Train sets up to this many examples (D_f subsets) are converted once and kept in memory.
+IN_MEMORY_EXAMPLES = 200_000
+
+
 def train_batches(spec: InputSpec, position: int = 0) -> Iterator[dict]:
     """Endless numpy batches of the train split, starting after `position` batches."""
-    ds = _dataset(spec, "train", shuffle=True, num_epochs=None)
+    known = None if spec.pack else get_task(spec.task).num_input_examples("train")
+    if known and known <= IN_MEMORY_EXAMPLES:
+        # One conversion, then a seeded reshuffle per epoch: a finetuning subset is otherwise
+        # re-read (and re-filtered from its parent split) every epoch.
+        ds = _dataset(spec, "train", shuffle=False, num_epochs=1).cache()
+        ds = ds.shuffle(int(known), seed=spec.seed, reshuffle_each_iteration=True).repeat()
+    else:
+        ds = _dataset(spec, "train", shuffle=True, num_epochs=None)
     ds = ds.batch(spec.batch_size, drop_remainder=True).skip(position)
     return ds.prefetch(2).as_numpy_iterator()
 
 
 def batches_per_epoch(spec: InputSpec) -> int:
     """Full batches in one pass over the train split."""
+    known = None if spec.pack else get_task(spec.task).num_input_examples("train")
+    if known:  # unpacked: one example per row, and the source knows how many there are
+        return max(int(known) // spec.batch_size, 1)
     ds = _dataset(spec, "train", shuffle=False, num_epochs=1)
     count = int(ds.reduce(np.int64(0), lambda n, _: n + 1))
     if count == 0:
@@ -78,21 +95,32 @@ def batches_per_epoch(spec: InputSpec) -> int:
     return max(count // spec.batch_size, 1)
 
 
-def eval_batches(spec: InputSpec, split: str, batch_size: int) -> Iterator[dict]:
-    """Every example of `split` once, in order; the last batch padded with zero-weight rows."""
+def eval_batches(spec: InputSpec, split: str, batch_size: int) -> tuple[dict, ...]:
+    """Every example of `split` once, in order; the last batch padded with zero-weight rows.
+
+    Cached per process: the evaluation data of a task is the same for every run of a study and
+    every evaluation of a run, and rebuilding the pipeline costs more than evaluating.
+    """
+    return _eval_batches(
+        spec.task, tuple(sorted(spec.feature_lengths.items())), spec.max_examples, split, batch_size
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _eval_batches(task, feature_lengths, max_examples, split, batch_size):
+    spec = InputSpec(task, dict(feature_lengths), batch_size, max_examples=max_examples)
     ds = _dataset(spec, split, shuffle=False, num_epochs=1)
-    if spec.max_examples is not None:
-        ds = ds.take(spec.max_examples)
-    ds = ds.batch(batch_size)
-    empty = True
-    for batch in ds.as_numpy_iterator():
-        empty = False
+    if max_examples is not None:
+        ds = ds.take(max_examples)
+    out = []
+    for batch in ds.batch(batch_size).as_numpy_iterator():
         rows = next(iter(batch.values())).shape[0]
         if rows < batch_size:
             batch = {k: _pad_rows(v, batch_size) for k, v in batch.items()}
-        yield batch
-    if empty:
-        raise ValueError(f"split {split!r} of task {spec.task!r} is empty")
+        out.append(batch)
+    if not out:
+        raise ValueError(f"split {split!r} of task {task!r} is empty")
+    return tuple(out)
 
 
 def _pad_rows(array: np.ndarray, rows: int) -> np.ndarray:

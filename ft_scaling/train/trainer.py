@@ -40,11 +40,30 @@ def abstract_params(model: nn.Module, sequence_length: int):
 
 def init_params(model: nn.Module, rng: jax.Array, sequence_length: int, mesh, rules):
     """Creates the params directly on their shardings (never whole on one host)."""
-    return _jitted_init(model, sequence_length, mesh, rules)(rng)
+    return _jitted_init(ModelKey(model), sequence_length, mesh, rules)(rng)
+
+
+class ModelKey:
+    """A model as a compile-cache key, equal when the module trees print alike.
+
+    Method wrappers carry `functools.partial` fields, which compare by identity, so two
+    identical LoRA models would otherwise never share a compiled step.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self._repr = repr(model)
+
+    def __hash__(self):
+        return hash(self._repr)
+
+    def __eq__(self, other):
+        return isinstance(other, ModelKey) and self._repr == other._repr
 
 
 @functools.lru_cache(maxsize=32)
-def _jitted_init(model, sequence_length, mesh, rules):
+def _jitted_init(model_key: ModelKey, sequence_length, mesh, rules):
+    model = model_key.model
     boxed = abstract_params(model, sequence_length)
     shardings = nn.meta.unbox(partitioning.param_shardings(boxed, mesh, rules))
 
@@ -172,7 +191,9 @@ def jit_steps(model, optimizer_settings: tuple, mesh, rules, state, frozen, num_
     """
     state_sh = _shardings(state)
     frozen_sh = _shardings(frozen)
-    return _compiled(model, optimizer_settings, mesh, rules, state_sh, frozen_sh, num_microbatches)
+    return _compiled(
+        ModelKey(model), optimizer_settings, mesh, rules, state_sh, frozen_sh, num_microbatches
+    )
 
 
 class _Hashable:
@@ -195,7 +216,8 @@ def _shardings(tree):
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled(model, optimizer_settings, mesh, rules, state_sh, frozen_sh, num_microbatches):
+def _compiled(model_key, optimizer_settings, mesh, rules, state_sh, frozen_sh, num_microbatches):
+    model = model_key.model
     optimizer = _optimizer(optimizer_settings)[0]
     batch_sh = partitioning.batch_sharding(mesh, rules)
     repl = partitioning.replicated(mesh)
