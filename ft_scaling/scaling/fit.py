@@ -12,8 +12,11 @@ All starts (and, for the bootstrap, all replicates) are one batch for `lbfgs.min
                   design seen by L-BFGS are orthonormal (log X ~ 21 +- 1.4 makes log A and
                   alpha nearly collinear otherwise); an exact linear map, undone afterwards.
 
-Every start's result and status is kept (`Starts`); the best start's basin is checked against
-the grid's edge; a best fit that did not converge says so in `Fit.status`.
+Every start's result and status is kept (`Starts`; starts far worse than a converged one after
+50 iterations stop as 'abandoned', see `lbfgs.LbfgsOptions`). The best start is the lowest-loss
+converged one unless an unconverged start is lower still, and then `Fit.status` says so; the
+best start's basin is checked against the grid's edge (`Fit.edge_params`). Points with zero
+weight in every replicate (held out) are dropped from the objective.
 """
 
 import dataclasses
