@@ -1,8 +1,8 @@
 """`ft-scaling study`: run a study and write its report; `ft-scaling study report DIR`.
 
-    ft-scaling study --gin_file=gin/studies/demo.gin --out=runs/demo [--preset=smoke]
-                     [--worker_index=I --num_workers=N] [--gin.KEY=VALUE ...]
-    ft-scaling study report runs/demo
+ft-scaling study --gin_file=gin/studies/demo.gin --out=runs/demo [--preset=smoke]
+                 [--worker_index=I --num_workers=N] [--gin.KEY=VALUE ...]
+ft-scaling study report runs/demo
 """
 
 import argparse

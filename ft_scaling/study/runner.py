@@ -50,10 +50,13 @@ def write_plan(runs: list[sweep.Run], out_dir: str) -> None:
         }
         for r in runs
     ]
-    path = os.path.join(out_dir, "plan.json")
+    _write_json(os.path.join(out_dir, "plan.json"), plan)
+
+
+def _write_json(path: str, obj) -> None:
     tmp = f"{path}.tmp.{os.getpid()}"
     with open(tmp, "w") as f:
-        json.dump(plan, f, indent=1)
+        json.dump(obj, f, indent=1)
     os.replace(tmp, path)
 
 
@@ -67,6 +70,8 @@ def run_study(
     os.makedirs(out_dir, exist_ok=True)
     runs = sweep.expand(study, out_dir)
     write_plan(runs, out_dir)
+    settings = {"held_out": study.held_out, "bootstrap": study.report_bootstrap}
+    _write_json(os.path.join(out_dir, "report_settings.json"), settings)
     mine = sweep.assigned(runs, worker.index, worker.count)
     store = store_lib.ResultsStore(worker.store_path(out_dir))
     by_id = {r.run_id: r for r in runs}
@@ -185,4 +190,3 @@ def _row(run: sweep.Run, summary: dict, model_params: int, model_dir: str) -> di
     if run.kind == "finetune" and not math.isfinite(row["test_loss"] or float("nan")):
         raise RuntimeError(f"run {run.run_id} produced no finite test loss")
     return row
-

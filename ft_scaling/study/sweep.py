@@ -84,6 +84,8 @@ class Study:
       tokens_per_pretrain_step: BATCH_SIZE x target length of pretraining (for the
         pretraining-token axis).
       gin_files: extra gin files of every run (e.g. the task gin).
+      held_out: the fitter's held-out rule for the report ('paper', 'largest_x', 'largest_d',
+        'none'); report_bootstrap: bootstrap replicates of the report's fits.
     """
 
     name: str
@@ -97,6 +99,8 @@ class Study:
     pretrain_bindings: tuple[str, ...] = ()
     finetune_bindings: tuple[str, ...] = ()
     gin_files: tuple[str, ...] = ()
+    held_out: str = "paper"
+    report_bootstrap: int = 100
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,202 @@
+"""The study report: results table, fitted laws, plots, and the paper's questions answered.
+
+stores (*.sqlite) -> results.csv -> `ft-scaling fit` (multiplicative, two stages: the paper's
+procedure) and the additive law as a rival -> report.md with
+  runs (finished / failed, with errors)
+  fitted laws per method and factor (params, Δe, Δh, bootstrap intervals) and plots
+  Q1 does the multiplicative law fit (Δh, and against the additive law)?
+  Q2 is α for model size larger than for pretraining data?
+  Q3 does PET parameter scaling help (|α_t| small)?
+  critical finetuning data sizes between methods
+"""
+
+import json
+import math
+import os
+
+from ft_scaling.scaling import fit_cli
+from ft_scaling.study import store as store_lib
+
+PET_SCALING_THRESHOLD = 0.01  # the paper's "|alpha_t| << 1e-2" (PAPER.md §6)
+
+
+def write_report(out_dir: str, starts: int = 300) -> str:
+    """Writes OUT/results.csv, OUT/fit*/ and OUT/report.md; returns the report's path.
+
+    The held-out rule and bootstrap size come from the study (OUT/report_settings.json).
+    """
+    settings = {"held_out": "paper", "bootstrap": 100}
+    settings_path = os.path.join(out_dir, "report_settings.json")
+    if os.path.exists(settings_path):
+        with open(settings_path) as f:
+            settings.update(json.load(f))
+    rows = store_lib.finished_finetune_rows(out_dir)
+    csv_path = os.path.join(out_dir, "results.csv")
+    store_lib.export_csv(rows, csv_path)
+    sections = [f"# Study report: {os.path.basename(os.path.abspath(out_dir))}", ""]
+    sections += _runs_section(out_dir, rows)
+    fits = {}
+    if rows:
+        for law in ("multiplicative", "additive"):
+            out = os.path.join(out_dir, f"fit_{law}")
+            fits[law] = _fit(csv_path, law, out, settings, starts)
+    main = fits.get("multiplicative")
+    if main and main.get("document"):
+        sections += _fits_section(out_dir, main)
+        sections += _questions(main["document"], fits.get("additive", {}).get("document"))
+        sections += _critical_section(main["document"])
+    elif main:
+        sections += ["## Fits", "", f"The fit could not run: {main['error']}", ""]
+    sections.insert(
+        2,
+        f"Held-out rule: `{settings['held_out']}`; bootstrap replicates: "
+        f"{settings['bootstrap']} (resampling runs).\n",
+    )
+    path = os.path.join(out_dir, "report.md")
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write("\n".join(sections) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _fit(csv_path, law, out, bootstrap, starts) -> dict:
+    argv = [
+        csv_path,
+        "--law",
+        law,
+        "--out",
+        out,
+        "--bootstrap",
+        str(bootstrap),
+        "--starts",
+        str(starts),
+        "--group",
+        "task,method",
+    ]
+    try:
+        status = fit_cli.run(fit_cli.parse_args(argv))
+    except ValueError as err:  # too few points, a single value: reported, not fatal
+        return {"error": str(err)}
+    with open(os.path.join(out, "fit.json")) as f:
+        return {"status": status, "document": json.load(f), "dir": out}
+
+
+def _runs_section(out_dir: str, finished: list[dict]) -> list[str]:
+    failed = []
+    for store in store_lib.open_all(out_dir):
+        failed += store.rows(status="failed")
+        store.close()
+    lines = [
+        "## Runs",
+        "",
+        f"{len(finished)} finetuning runs finished; {len(failed)} failed.",
+        "Results table: `results.csv` (one row per finished run).",
+        "",
+    ]
+    for row in failed:
+        first = (row.get("error") or "").splitlines()[0] if row.get("error") else "?"
+        lines.append(f"- failed {row['kind']} run `{row['run_id']}`: {first}")
+    return lines + [""] if failed else lines
+
+
+def _fits_section(out_dir: str, fit: dict) -> list[str]:
+    rel = os.path.relpath(fit["dir"], out_dir)
+    with open(os.path.join(fit["dir"], "summary.md")) as f:
+        summary = f.read().replace(
+            "# Scaling-law fits",
+            "## Fitted laws (multiplicative, two-stage, held-out points as in the paper)",
+        )
+    plots = sorted(p for p in os.listdir(fit["dir"]) if p.endswith(".png"))
+    lines = [summary, "", "### Plots", ""]
+    lines += [f"![{p}]({rel}/{p})" for p in plots]
+    return lines + [""]
+
+
+def _factor(document: dict, method: str, factor: str) -> dict | None:
+    for setting in document.get("settings", []):
+        if setting["group"].get("method") == method:
+            return setting["factors"].get(factor)
+    return None
+
+
+def _methods(document: dict) -> list[str]:
+    return [s["group"].get("method") for s in document.get("settings", [])]
+
+
+def _mean_delta_h(document: dict | None) -> float:
+    if not document:
+        return math.nan
+    values = [
+        f["delta_h"]
+        for s in document.get("settings", [])
+        for f in s["factors"].values()
+        if f.get("delta_h") is not None
+    ]
+    return sum(values) / len(values) if values else math.nan
+
+
+def _questions(document: dict, additive: dict | None) -> list[str]:
+    lines = ["## The paper's questions, answered from these runs", ""]
+    mult, add = _mean_delta_h(document), _mean_delta_h(additive)
+    lines.append(
+        f"**Q1. Does the multiplicative joint law fit?** Mean held-out error Δh = "
+        f"{mult:.4g} (additive law: {add:.4g}); "
+        + (
+            "the multiplicative law extrapolates better."
+            if mult < add
+            else "the additive law extrapolates at least as well here."
+        )
+    )
+    lines.append("")
+    lines.append("**Q2. Is α for model size larger than for pretraining data?**")
+    for method in _methods(document):
+        model, tokens = (
+            _factor(document, method, "model_params"),
+            _factor(document, method, "pretrain_tokens"),
+        )
+        if model and tokens:
+            a_m, a_p = model["params"]["alpha"], tokens["params"]["alpha"]
+            verdict = "yes" if a_m > a_p else "no"
+            lines.append(f"- {method}: α_m = {a_m:.4g}, α_p = {a_p:.4g} → {verdict}")
+    lines += [
+        "",
+        f"**Q3. Does PET parameter scaling help?** (|α_t| < {PET_SCALING_THRESHOLD} "
+        "means no, as in the paper)",
+    ]
+    for method in _methods(document):
+        pet = _factor(document, method, "trainable_params")
+        if pet:
+            alpha = pet["params"]["alpha"]
+            verdict = "no (ineffective)" if abs(alpha) < PET_SCALING_THRESHOLD else "yes"
+            lines.append(f"- {method}: α_t = {alpha:.4g} → {verdict}")
+    return lines + [""]
+
+
+def _critical_section(document: dict) -> list[str]:
+    comparisons = document.get("comparisons", [])
+    if not comparisons:
+        return []
+    lines = [
+        "## Critical finetuning data size",
+        "",
+        "D_f at which the first method's fitted loss equals the second's, per factor value "
+        "(root finding on the fitted laws); H, γ: the paper's closed form D_f^c = H·X^γ.",
+        "",
+        "| factor | methods | X | D_f^c | H | γ |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in comparisons:
+        pair = " vs ".join(c["pair"])
+        closed = c.get("closed_form", {})
+        for crossing in c["crossings"]:
+            roots = ", ".join(f"{r:.4g}" for r in crossing["roots"]) or crossing["status"]
+            lines.append(
+                f"| {c['factor']} | {pair} | {crossing['x']:.4g} | {roots} | "
+                f"{_num(closed.get('H'))} | {_num(closed.get('gamma'))} |"
+            )
+    return lines + [""]
+
+
+def _num(value) -> str:
+    return "–" if value is None else f"{value:.3g}"
