@@ -44,7 +44,6 @@ def write_report(out_dir: str, starts: int = 300) -> str:
     if main and main.get("document"):
         sections += _fits_section(out_dir, main)
         sections += _questions(main["document"], fits.get("additive", {}).get("document"))
-        sections += _critical_section(main["document"])
     elif main:
         sections += ["## Fits", "", f"The fit could not run: {main['error']}", ""]
     sections.insert(
@@ -60,7 +59,7 @@ def write_report(out_dir: str, starts: int = 300) -> str:
     return path
 
 
-def _fit(csv_path, law, out, bootstrap, starts) -> dict:
+def _fit(csv_path, law, out, settings, starts) -> dict:
     argv = [
         csv_path,
         "--law",
@@ -68,11 +67,13 @@ def _fit(csv_path, law, out, bootstrap, starts) -> dict:
         "--out",
         out,
         "--bootstrap",
-        str(bootstrap),
+        str(settings["bootstrap"]),
         "--starts",
         str(starts),
         "--group",
         "task,method",
+        "--held_out",
+        settings["held_out"],
     ]
     try:
         status = fit_cli.run(fit_cli.parse_args(argv))
@@ -171,32 +172,3 @@ def _questions(document: dict, additive: dict | None) -> list[str]:
             verdict = "no (ineffective)" if abs(alpha) < PET_SCALING_THRESHOLD else "yes"
             lines.append(f"- {method}: α_t = {alpha:.4g} → {verdict}")
     return lines + [""]
-
-
-def _critical_section(document: dict) -> list[str]:
-    comparisons = document.get("comparisons", [])
-    if not comparisons:
-        return []
-    lines = [
-        "## Critical finetuning data size",
-        "",
-        "D_f at which the first method's fitted loss equals the second's, per factor value "
-        "(root finding on the fitted laws); H, γ: the paper's closed form D_f^c = H·X^γ.",
-        "",
-        "| factor | methods | X | D_f^c | H | γ |",
-        "|---|---|---|---|---|---|",
-    ]
-    for c in comparisons:
-        pair = " vs ".join(c["pair"])
-        closed = c.get("closed_form", {})
-        for crossing in c["crossings"]:
-            roots = ", ".join(f"{r:.4g}" for r in crossing["roots"]) or crossing["status"]
-            lines.append(
-                f"| {c['factor']} | {pair} | {crossing['x']:.4g} | {roots} | "
-                f"{_num(closed.get('H'))} | {_num(closed.get('gamma'))} |"
-            )
-    return lines + [""]
-
-
-def _num(value) -> str:
-    return "–" if value is None else f"{value:.3g}"
