@@ -66,7 +66,7 @@ def task_batch(config: configs.ModelConfig, batch: int = 16, length: int = LENGT
     }
 
 
-def finetune(method, config=TINY, steps=20, learning_rate=1e-2, seed=0):
+def finetune(method, config=TINY, steps=20, learning_rate=1e-2, seed=0, mesh=None):
     """Runs `steps` steps of `method` on the tiny task through the trainer's own path.
 
     Returns:
@@ -74,7 +74,8 @@ def finetune(method, config=TINY, steps=20, learning_rate=1e-2, seed=0):
       the final train state and the per-step losses.
     """
     model = method.wrap(decoder.Decoder(config))
-    mesh, rules = partitioning.make_mesh(), partitioning.logical_rules()
+    mesh = partitioning.make_mesh() if mesh is None else mesh
+    rules = partitioning.logical_rules()
     rng = jax.random.PRNGKey(seed)
     params = trainer.init_params(model, rng, LENGTH, mesh, rules)
     params = method.after_restore(params, jax.random.fold_in(rng, 2))
