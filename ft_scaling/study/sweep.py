@@ -123,9 +123,11 @@ def run_id(gin_files: Sequence[str], bindings: Sequence[str]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
-def _make_run(kind, gin_files, bindings, record, depends_on=None) -> Run:
+def _make_run(kind, gin_files, bindings, record, depends_on=None, out_dir=None) -> Run:
     gin_files, bindings = tuple(gin_files), tuple(bindings)
-    return Run(run_id(gin_files, bindings), kind, gin_files, bindings, dict(record), depends_on)
+    # The id must not depend on where the study lives (paths of its pretraining checkpoints).
+    portable = [b.replace(out_dir, "$OUT") if out_dir else b for b in bindings]
+    return Run(run_id(gin_files, portable), kind, gin_files, bindings, dict(record), depends_on)
 
 
 def pretrain_runs(study: Study) -> dict[str, Run]:
@@ -192,25 +194,23 @@ def finetune_runs(study: Study, out_dir: str, pretrain: dict[str, Run]) -> list[
         for path, tokens, is_final in _checkpoints(study, model, pretrain, out_dir):
             if (which == "final") != is_final:
                 continue
+            base = {
+                "model": model,
+                "method": method,
+                "size": size,
+                "path": path,
+                "tokens": tokens,
+                "pretrain_run": pretrain.get(model.name),
+            }
             for examples in method.finetune_examples:
                 for seed in study.seeds:
-                    runs.append(
-                        _finetune_run(
-                            study,
-                            model,
-                            method,
-                            size,
-                            path,
-                            tokens,
-                            examples,
-                            seed,
-                            pretrain.get(model.name),
-                        )
-                    )
+                    runs.append(_finetune_run(study, base, examples, seed, out_dir))
     return runs
 
 
-def _finetune_run(study, model, method, size, path, tokens, examples, seed, pretrain_run):
+def _finetune_run(study: Study, base: dict, examples: int, seed: int, out_dir: str) -> Run:
+    model, method, size = base["model"], base["method"], base["size"]
+    path, tokens, pretrain_run = base["path"], base["tokens"], base["pretrain_run"]
     bindings = [
         f"MIXTURE_OR_TASK_NAME={study.task!r}",
         f"INITIAL_CHECKPOINT_PATH={path!r}",
@@ -232,7 +232,7 @@ def _finetune_run(study, model, method, size, path, tokens, examples, seed, pret
     }
     files = [model.model_gin, FINETUNE_GIN, method.method_gin, *study.gin_files]
     depends = pretrain_run.run_id if pretrain_run else None
-    return _make_run("finetune", files, bindings, record, depends)
+    return _make_run("finetune", files, bindings, record, depends, out_dir)
 
 
 def expand(study: Study, out_dir: str) -> list[Run]:
