@@ -2,14 +2,16 @@
 their trainable leaves and optimizer state (< 5% of an FMT checkpoint of the same model), and
 load_params rebuilds the full model from the base checkpoint they refer to."""
 
+import dataclasses
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import traverse_util
 
-from ft_scaling.methods import full, lora, prompt
+from ft_scaling.methods import base, full, lora, prompt
 from ft_scaling.models import configs, decoder
 from ft_scaling.train import checkpoints, partitioning, trainer
 
@@ -89,3 +91,24 @@ def test_prompt_and_lora_checkpoints_are_small_and_restore_over_the_base(tmp_pat
             np.testing.assert_array_equal(leaf, base_flat[path])
     print(f"checkpoint bytes / FMT's ({fmt_bytes} B): {ratios}")
     assert ratios["prompt"] < 0.05 and ratios["lora"] < 0.05, ratios
+
+
+def test_method_params_on_a_base_of_another_shape_are_refused(kit, tmp_path):
+    method = lora.LoRA(rank=4)
+    wider = dataclasses.replace(kit.TINY, embed_dim=48)
+    base_of_other_shape = kit.init_params(full.FullModelTuning(), wider)[1]
+    fresh = kit.init_params(method, kit.TINY)[1]
+    with pytest.raises(checkpoints.CheckpointError, match=r"has shape \(97, 48\).*\(97, 32\)"):
+        checkpoints.initial_params(fresh, base_of_other_shape, method.is_method_param)
+    # A saved LoRA state restored for a model of another width: named, before any step.
+    trainable, _ = base.split(fresh, method.trainable_mask(fresh))
+    store = checkpoints.CheckpointStore(str(tmp_path))
+    store.save(1, {"params": trainable}, {"step": 1})
+    other = kit.init_params(method, wider)[1]
+    other_trainable, _ = base.split(other, method.trainable_mask(other))
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), other_trainable
+    )
+    with pytest.raises(checkpoints.CheckpointError, match="does not match this model"):
+        store.restore(1, {"params": abstract})
+    store.close()
