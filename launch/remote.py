@@ -24,7 +24,7 @@ def clone(url: str, ref: str) -> str:
     """Replaces the code directory with `url` checked out at `ref`."""
     q = shlex.quote
     return (
-        f"rm -rf {CODE_DIR} && git clone --quiet {q(url)} {CODE_DIR} && "
+        f"rm -rf {CODE_DIR} && git clone --quiet -- {q(url)} {CODE_DIR} && "
         f"git -C {CODE_DIR} checkout --quiet {q(ref)}"
     )
 

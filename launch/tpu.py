@@ -76,6 +76,8 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(prog="ft-scaling launch", description=__doc__.split("\n")[0])
     add = parser.add_argument
     add("--gin_file", required=True, help="the study, relative to the repository root")
+    # --gin.KEY=VALUE flags are not declared: they configure the study gin (e.g. its macros)
+    # and are passed on to `ft-scaling study` as given, quoted.
     add("--tpu", required=True, help="accelerator type, e.g. v4-64")
     add("--zone", required=True, help="e.g. us-central2-b")
     add("--out", required=True, help="study directory, the same path on every host")
@@ -105,6 +107,10 @@ def validate(args: argparse.Namespace) -> None:
             "sees (the results store is SQLite on a file system): mount the bucket with gcsfuse "
             "or use NFS / Filestore at the same path on all hosts"
         )
+    for flag in ("git_ref", "git_url"):
+        # git would read a leading '-' as an option (e.g. clone's --upload-pack=<command>).
+        if (getattr(args, flag) or "").startswith("-"):
+            raise SystemExit(f"ft-scaling launch: --{flag} must not start with '-'")
     if args.detach and args.delete_after:
         raise SystemExit("ft-scaling launch: --delete_after would delete a detached study's pods")
     if args.num_pods < 1:

@@ -88,7 +88,8 @@ def test_queued_resource_reuse_clone_and_delete(capsys):
     reused = _dry_run(capsys, gin, *BASE, "--reuse", "--git_url=https://example.com/r.git")
     assert not any("create" in c for c in reused)
     clone = _remote(reused[0])
-    assert clone[3:6] == ["&&", "git", "clone"] and "https://example.com/r.git" in clone
+    assert clone[3:7] == ["&&", "git", "clone", "--quiet"]
+    assert clone[clone.index("--") + 1] == "https://example.com/r.git"
 
 
 def test_injected_gin_value_and_out_dir_stay_single_quoted_arguments(capsys):
@@ -130,6 +131,8 @@ def test_bad_tpu_names_are_refused_before_anything_runs(name, capsys):
         ("--out=gs://bucket/study", "absolute path"),
         ("--gin_file=gin/studies/nope.gin", "no study gin"),
         ("--pod_index=3", "pod_index"),
+        ("--git_ref=--output=/etc/passwd", "git_ref"),
+        ("--git_url=--upload-pack=touch /tmp/x", "git_url"),
     ],
 )
 def test_bad_flags_fail_with_a_clear_message(flag, message):
