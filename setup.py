@@ -33,7 +33,7 @@ setup(
     version="0.1.0",
     description="Scaling laws of LLM finetuning (FMT, prompt tuning, LoRA) in JAX",
     python_requires=">=3.11,<3.12",
-    packages=find_packages(include=["ft_scaling", "ft_scaling.*"]),
+    packages=find_packages(include=["ft_scaling", "ft_scaling.*", "launch", "launch.*"]),
     package_data={"ft_scaling": ["data/snapshots/*", "data/snapshots/**/*"]},
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,

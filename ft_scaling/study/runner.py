@@ -19,6 +19,8 @@ import sys
 import time
 import traceback
 
+import jax
+
 from ft_scaling.config import flags
 from ft_scaling.study import store as store_lib
 from ft_scaling.study import sweep
@@ -68,12 +70,20 @@ def run_study(
 ) -> dict:
     """Runs this worker's share of the study; returns counts of finished/failed/skipped runs."""
     os.makedirs(out_dir, exist_ok=True)
+    # On a multi-host pod every host trains every run (the hosts form one mesh); only the
+    # first writes the plan and the store.
+    from ft_scaling.train import partitioning
+
+    partitioning.initialize_distributed()
+    leader = jax.process_index() == 0
     runs = sweep.expand(study, out_dir)
-    write_plan(runs, out_dir)
-    settings = {"held_out": study.held_out, "bootstrap": study.report_bootstrap}
-    _write_json(os.path.join(out_dir, "report_settings.json"), settings)
+    if leader:
+        write_plan(runs, out_dir)
+        settings = {"held_out": study.held_out, "bootstrap": study.report_bootstrap}
+        _write_json(os.path.join(out_dir, "report_settings.json"), settings)
     mine = sweep.assigned(runs, worker.index, worker.count)
-    store = store_lib.ResultsStore(worker.store_path(out_dir))
+    path = worker.store_path(out_dir)
+    store = store_lib.ResultsStore(path) if leader else _ReadOnlyStore(path)
     by_id = {r.run_id: r for r in runs}
     counts = {"finished": 0, "failed": 0, "skipped": 0, "total": len(mine)}
     started, done_now = time.time(), 0
@@ -90,6 +100,23 @@ def run_study(
         done_now += 1
     store.close()
     return counts
+
+
+class _ReadOnlyStore:
+    """The store as other hosts of a pod see it: they read what is finished (so they skip
+    exactly what the leader skips) and write nothing."""
+
+    def __init__(self, path: str):
+        self._store = store_lib.ResultsStore(path)
+
+    def status(self, run_id):
+        return self._store.status(run_id)
+
+    def record(self, *args, **kwargs):
+        del args, kwargs
+
+    def close(self):
+        self._store.close()
 
 
 def _eta(started: float, done: int, remaining: int) -> str:

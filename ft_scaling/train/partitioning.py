@@ -136,6 +136,8 @@ def initialize_distributed(
     PROCESSES, JAX_PROCESS_ID environment variables); on TPU pods it needs no arguments
     (`coordinator_address='auto'`). Returns whether it was started.
     """
+    if jax.distributed.is_initialized():  # a study trains many runs in one process
+        return True
     coordinator_address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
     if not coordinator_address:
         return False
@@ -147,6 +149,8 @@ def initialize_distributed(
     # would start it too early), so it is set unconditionally.
     jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
     if coordinator_address == "auto":
+        # jax reads JAX_COORDINATOR_ADDRESS itself and would take 'auto' for an address.
+        os.environ.pop("JAX_COORDINATOR_ADDRESS", None)
         jax.distributed.initialize()
     else:
         jax.distributed.initialize(coordinator_address, num_processes, process_id)
