@@ -230,7 +230,7 @@ def _restore_or_initialize(run: Run, store: checkpoints.CheckpointStore, seed: i
     params = trainer.init_params(run.model, jax.random.fold_in(rng, 1), length, run.mesh, run.rules)
     base_path = None
     if run.initial_checkpoint_path:
-        base_params, _ = checkpoints.load_params(run.initial_checkpoint_path)
+        base_params = _base_params(run.initial_checkpoint_path)
         params = checkpoints.initial_params(params, base_params, run.method.is_method_param)
         base_path = os.path.abspath(run.initial_checkpoint_path)
     after_restore = getattr(run.method, "after_restore", None)
@@ -256,6 +256,34 @@ def _restore_or_initialize(run: Run, store: checkpoints.CheckpointStore, seed: i
         frozen = tree.get("frozen", frozen)
         log.info("resumed %s at step %d", run.model_dir, meta["step"])
     return state, frozen, meta
+
+
+_BASE_CACHE: dict = {}
+BASE_CACHE_BYTES = 2 << 30
+
+
+def _base_params(path: str) -> dict:
+    """Params of an initial checkpoint, kept on the host for the next run that starts there.
+
+    A study finetunes each base model dozens of times in one process; reading the checkpoint
+    once saves a restore per run. Host numpy copies, so a donated train state never aliases
+    them. Bases larger than BASE_CACHE_BYTES are read every time.
+    """
+    checkpoint_dir = (
+        os.path.join(path, "checkpoints")
+        if os.path.isdir(os.path.join(path, "checkpoints"))
+        else path
+    )
+    key = (os.path.abspath(path), os.path.getmtime(checkpoint_dir))
+    if key in _BASE_CACHE:
+        return _BASE_CACHE[key]
+    params, _ = checkpoints.load_params(path)
+    params = jax.tree.map(np.asarray, params)
+    if sum(x.nbytes for x in jax.tree.leaves(params)) <= BASE_CACHE_BYTES:
+        if len(_BASE_CACHE) >= 4:  # the pretraining-data axis alternates a few checkpoints
+            _BASE_CACHE.pop(next(iter(_BASE_CACHE)))
+        _BASE_CACHE[key] = params
+    return params
 
 
 def _saved_tree(state, frozen, base_path):
@@ -344,9 +372,11 @@ def _train_loop(run: Run, cfg: LoopSettings):
                     **speed,
                 },
             )
+        previous_best = best
         dev = evaluate() if cfg.eval_every and step % cfg.eval_every == 0 else None
+        improved = dev is not None and (previous_best is None or dev["loss"] < previous_best)
         due = (cfg.save_every and step % cfg.save_every == 0) or step in cfg.keep_steps
-        if dev is not None or due:
+        if improved or due:  # a new best by dev loss is always kept (model selection)
             _check_finite(state, step, last_good, store)
             save(None if dev is None else dev["loss"])
     if preempted.set:
