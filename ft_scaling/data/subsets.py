@@ -73,6 +73,23 @@ def subset_task_name(name: str, size: int, seed: int) -> str:
     return f"{name}_df{size}_seed{seed}"
 
 
+IN_MEMORY_PARENT = 500_000  # parent splits up to this many examples are indexed in memory
+_PARENTS: dict = {}
+
+
+def _parent_columns(source: seqio.DataSource, split: str) -> dict[str, np.ndarray]:
+    """The raw examples of a split as numpy columns, read once per process (stored order)."""
+    key = (id(source), split)
+    if key not in _PARENTS:
+        batches = list(
+            source.get_dataset(split=split, shuffle=False).batch(65536).as_numpy_iterator()
+        )
+        if not batches:
+            raise ValueError(f"split {split!r} is empty: no subset can be drawn from it")
+        _PARENTS[key] = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+    return _PARENTS[key]
+
+
 def _subset_loader(task: seqio.Task, split: str, size: int, seed: int):
     num_examples = sources.count_examples(task.source, split)
     if size > num_examples:
@@ -84,10 +101,17 @@ def _subset_loader(task: seqio.Task, split: str, size: int, seed: int):
     keep[subset_indices(num_examples, size, seed, salt=task.name)] = True
 
     def load(shuffle_files: bool, shuffle_seed: int | None) -> tf.data.Dataset:
-        keep_t = tf.constant(keep)
-        dataset = task.source.get_dataset(split=split, shuffle=False)
-        dataset = dataset.enumerate().filter(lambda i, _: tf.gather(keep_t, i))
-        dataset = dataset.map(lambda _, example: example)
+        if num_examples <= IN_MEMORY_PARENT:
+            # Index the parent split held in memory: a study registers dozens of subsets of
+            # one split, and filtering the whole split for each costs more than training.
+            columns = _parent_columns(task.source, split)
+            rows = np.flatnonzero(keep)
+            dataset = tf.data.Dataset.from_tensor_slices({k: v[rows] for k, v in columns.items()})
+        else:
+            keep_t = tf.constant(keep)
+            dataset = task.source.get_dataset(split=split, shuffle=False)
+            dataset = dataset.enumerate().filter(lambda i, _: tf.gather(keep_t, i))
+            dataset = dataset.map(lambda _, example: example)
         if shuffle_files and size:
             dataset = dataset.shuffle(size, seed=shuffle_seed, reshuffle_each_iteration=True)
         return dataset
