@@ -162,9 +162,6 @@ def train_step(
     loss_sum, weight_sum, grads = _grads(state.params, frozen, batch, rng, model, num_microbatches)
     denominator = jnp.maximum(weight_sum, 1.0)
     grads = jax.tree.map(lambda g: g / denominator, grads)
-    # Without this barrier XLA:CPU fuses the backward pass's last products into every consumer
-    # of the gradient (clipping, each optimizer moment) and computes them several times over.
-    grads = jax.lax.optimization_barrier(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     updates = jax.tree.map(lambda u: u * learning_rate, updates)  # unit-rate optimizer
     params = optax.apply_updates(state.params, updates)

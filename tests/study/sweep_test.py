@@ -21,7 +21,7 @@ def test_demo_expands_to_the_three_axes():
     # tiny_1 x 3 methods x 5; PET axis: one extra size for prompt and for LoRA x 5.
     assert len(finetune) == 4 * 3 * 5 + 2 * 3 * 5 + 2 * 5
     tokens = {r.record["pretrain_tokens"] for r in finetune if r.record["model_name"] == "tiny_1"}
-    assert tokens == {100 * 1024, 200 * 1024, 300 * 1024}
+    assert tokens == {50 * 1024, 100 * 1024, 200 * 1024}
     pet = {(r.record["method"], r.record["pet_size"]) for r in finetune}
     assert pet == {("fmt", None), ("prompt", 4), ("prompt", 16), ("lora", 4), ("lora", 16)}
     for run in finetune:
