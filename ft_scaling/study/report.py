@@ -42,6 +42,8 @@ def write_report(out_dir: str, starts: int = 300) -> str:
             fits[law] = _fit(csv_path, law, out, settings, starts)
     main = fits.get("multiplicative")
     if main and main.get("document"):
+        for note in main["notes"]:
+            sections += [f"Not fitted: {note}", ""]
         sections += _fits_section(out_dir, main)
         sections += _questions(main["document"], fits.get("additive", {}).get("document"))
     elif main:
@@ -60,6 +62,7 @@ def write_report(out_dir: str, starts: int = 300) -> str:
 
 
 def _fit(csv_path, law, out, settings, starts) -> dict:
+    """Fits every factor; if one cannot be fitted, the others are fitted and the reason kept."""
     argv = [
         csv_path,
         "--law",
@@ -75,12 +78,16 @@ def _fit(csv_path, law, out, settings, starts) -> dict:
         "--held_out",
         settings["held_out"],
     ]
-    try:
-        status = fit_cli.run(fit_cli.parse_args(argv))
-    except ValueError as err:  # too few points, a single value: reported, not fatal
-        return {"error": str(err)}
-    with open(os.path.join(out, "fit.json")) as f:
-        return {"status": status, "document": json.load(f), "dir": out}
+    notes = []
+    for factors in ("all", "model_params,pretrain_tokens", "model_params"):
+        try:
+            status = fit_cli.run(fit_cli.parse_args([*argv, "--factor", factors]))
+        except ValueError as err:  # too few points, a single value: reported, not fatal
+            notes.append(f"factors {factors}: {err}")
+            continue
+        with open(os.path.join(out, "fit.json")) as f:
+            return {"status": status, "document": json.load(f), "dir": out, "notes": notes}
+    return {"error": "; ".join(notes)}
 
 
 def _runs_section(out_dir: str, finished: list[dict]) -> list[str]:
@@ -125,30 +132,35 @@ def _methods(document: dict) -> list[str]:
     return [s["group"].get("method") for s in document.get("settings", [])]
 
 
-def _mean_delta_h(document: dict | None) -> float:
+def _mean_delta(document: dict | None, key: str) -> float:
+    """Mean of Δe or Δh over every fitted setting and factor (NaN when there is none)."""
     if not document:
         return math.nan
     values = [
-        f["delta_h"]
+        f[key]
         for s in document.get("settings", [])
         for f in s["factors"].values()
-        if f.get("delta_h") is not None
+        if f.get(key) is not None
     ]
     return sum(values) / len(values) if values else math.nan
 
 
 def _questions(document: dict, additive: dict | None) -> list[str]:
     lines = ["## The paper's questions, answered from these runs", ""]
-    mult, add = _mean_delta_h(document), _mean_delta_h(additive)
-    lines.append(
-        f"**Q1. Does the multiplicative joint law fit?** Mean held-out error Δh = "
-        f"{mult:.4g} (additive law: {add:.4g}); "
-        + (
-            "the multiplicative law extrapolates better."
-            if mult < add
-            else "the additive law extrapolates at least as well here."
-        )
+    mult, add = _mean_delta(document, "delta_h"), _mean_delta(additive, "delta_h")
+    fit_e, add_e = _mean_delta(document, "delta_e"), _mean_delta(additive, "delta_e")
+    q1 = (
+        f"**Q1. Does the multiplicative joint law fit?** Mean fitting error Δe = {fit_e:.4g} "
+        f"(additive law: {add_e:.4g}); mean held-out error Δh = {mult:.4g} (additive: "
+        f"{add:.4g}). "
     )
+    if math.isnan(mult) or math.isnan(add):
+        q1 += "No held-out points, so extrapolation is not measured."
+    elif mult <= add:
+        q1 += "The multiplicative law extrapolates at least as well as the additive law."
+    else:
+        q1 += "The additive law extrapolates better on these runs."
+    lines.append(q1)
     lines.append("")
     lines.append("**Q2. Is α for model size larger than for pretraining data?**")
     for method in _methods(document):

@@ -20,8 +20,16 @@ RUNS_IN_MICRO = 7  # 1 pretraining + 2 methods x 3 D_f
 
 
 def _cmd(out, *extra):
-    return [sys.executable, "-m", "ft_scaling.cli", "study", f"--gin_file={MICRO}",
-            f"--out={out}", "--no_report", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "ft_scaling.cli",
+        "study",
+        f"--gin_file={MICRO}",
+        f"--out={out}",
+        "--no_report",
+        *extra,
+    ]
 
 
 def _env():
@@ -51,8 +59,11 @@ def _single_law_fits(rows: dict) -> dict:
     law = laws.get_law("single")
     out = {}
     for method in ("fmt", "lora"):
-        mine = sorted((r["finetune_examples"], r["test_loss"]) for r in rows.values()
-                      if r.get("method") == method)
+        mine = sorted(
+            (r["finetune_examples"], r["test_loss"])
+            for r in rows.values()
+            if r.get("method") == method
+        )
         d_f, loss = (np.array(v, float) for v in zip(*mine, strict=True))
         out[method] = fit.fit_law(law, np.ones_like(d_f), d_f, loss).params
     return out
@@ -64,8 +75,13 @@ def test_killed_twice_then_rerun_equals_uninterrupted(reference, tmp_path):
     assert len(ref_rows) == RUNS_IN_MICRO
     db = tmp_path / "results.sqlite"
     for finished_before_kill in (2, 4):
-        proc = subprocess.Popen(_cmd(tmp_path), env=_env(), cwd=REPO,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            _cmd(tmp_path),
+            env=_env(),
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.time() + 400
         while time.time() < deadline and proc.poll() is None:
             if db.exists() and len(_rows(tmp_path)) >= finished_before_kill:
@@ -88,9 +104,17 @@ def test_killed_twice_then_rerun_equals_uninterrupted(reference, tmp_path):
 @pytest.mark.slow
 def test_two_workers_union_equals_one_worker(reference, tmp_path):
     _, ref_rows = reference
-    procs = [subprocess.Popen(_cmd(tmp_path, f"--worker_index={i}", "--num_workers=2"),
-                              env=_env(), cwd=REPO, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            _cmd(tmp_path, f"--worker_index={i}", "--num_workers=2"),
+            env=_env(),
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     for proc in procs:
         _, err = proc.communicate(timeout=900)
         assert proc.returncode == 0, err[-3000:]

@@ -15,18 +15,30 @@ def test_demo_expands_to_the_three_axes():
     runs = sweep.expand(_demo(), "/out")
     pretrain = [r for r in runs if r.kind == "pretrain"]
     finetune = [r for r in runs if r.kind == "finetune"]
-    assert [r.record["model_name"] for r in pretrain] == ["tiny_1", "tiny_2", "tiny_3", "tiny_4"]
+    assert [r.record["model_name"] for r in pretrain] == ["tiny_0", "tiny_1", "tiny_2", "tiny_3"]
     assert runs[: len(pretrain)] == pretrain  # pretraining first
     # model axis: 4 models x 3 methods x 5 D_f; pretraining axis: 2 intermediate checkpoints of
-    # tiny_1 x 3 methods x 5; PET axis: one extra size for prompt and for LoRA x 5.
-    assert len(finetune) == 4 * 3 * 5 + 2 * 3 * 5 + 2 * 5
-    tokens = {r.record["pretrain_tokens"] for r in finetune if r.record["model_name"] == "tiny_1"}
+    # tiny_0 x 3 methods x 5; PET axis: two extra sizes for prompt and for LoRA x 5.
+    assert len(finetune) == 4 * 3 * 5 + 2 * 3 * 5 + 2 * 2 * 5
+    tokens = {r.record["pretrain_tokens"] for r in finetune if r.record["model_name"] == "tiny_0"}
     assert tokens == {50 * 1024, 100 * 1024, 200 * 1024}
     pet = {(r.record["method"], r.record["pet_size"]) for r in finetune}
-    assert pet == {("fmt", None), ("prompt", 4), ("prompt", 16), ("lora", 4), ("lora", 16)}
+    assert pet == {
+        ("fmt", None),
+        ("prompt", 4),
+        ("prompt", 8),
+        ("prompt", 16),
+        ("lora", 4),
+        ("lora", 8),
+        ("lora", 16),
+    }
     for run in finetune:
-        assert run.depends_on == pretrain[[p.record["model_name"] for p in pretrain].index(
-            run.record["model_name"])].run_id
+        assert (
+            run.depends_on
+            == pretrain[
+                [p.record["model_name"] for p in pretrain].index(run.record["model_name"])
+            ].run_id
+        )
 
 
 def test_run_ids_are_stable_and_unique():
@@ -52,4 +64,4 @@ def test_bad_studies_fail_by_name():
     with pytest.raises(ValueError, match="default_model 'nope'"):
         sweep.expand(_demo("Study.default_model = 'nope'"), "/out")
     with pytest.raises(ValueError, match="pretrain_checkpoints"):
-        sweep.expand(_demo("tiny_1/BaseModel.pretrain_checkpoints = (100, 400)"), "/out")
+        sweep.expand(_demo("tiny_0/BaseModel.pretrain_checkpoints = (100, 400)"), "/out")

@@ -1,0 +1,45 @@
+"""The main job end to end: the demo study's smoke preset, from pretraining to report.md."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.mark.slow
+def test_smoke_study_writes_a_report_with_fitted_laws(tmp_path):
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
+    cmd = [
+        sys.executable,
+        "-m",
+        "ft_scaling.cli",
+        "study",
+        "--gin_file=gin/studies/demo.gin",
+        f"--out={tmp_path}",
+        "--preset=smoke",
+    ]
+    start = time.time()
+    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
+    elapsed = time.time() - start
+    assert done.returncode == 0, done.stderr[-3000:]
+    print(f"smoke study: {elapsed:.0f}s")
+    with open(tmp_path / "plan.json") as f:
+        plan = json.load(f)
+    with open(tmp_path / "results.csv") as f:
+        rows = f.read().splitlines()
+    assert len(rows) - 1 == sum(r["kind"] == "finetune" for r in plan) == 27
+    report = (tmp_path / "report.md").read_text()
+    assert "27 finetuning runs finished; 0 failed." in report
+    for method in ("fmt", "prompt", "lora"):
+        assert f"method={method} | model_params |" in report
+    with open(tmp_path / "fit_multiplicative" / "fit.json") as f:
+        fits = json.load(f)
+    for setting in fits["settings"]:
+        for factor in setting["factors"].values():
+            assert factor["params"]["beta"] >= 0 and factor["params"]["E"] > 0
+    assert any(p.endswith(".png") for p in os.listdir(tmp_path / "fit_multiplicative"))
