@@ -43,7 +43,7 @@ def test_paper_sizes_match_table_3_and_closed_form(name):
     assert info.abstract_param_count(cfg) == expected == configs.param_count(cfg)
 
 
-@pytest.mark.parametrize("name", TINY)
+@pytest.mark.parametrize("name", ["tiny_0", *TINY])
 def test_tiny_sizes_closed_form_and_proportions(name):
     cfg = _config_from_gin(name)
     assert cfg.mlp_dim == 4 * cfg.embed_dim and cfg.num_heads * cfg.head_dim == cfg.embed_dim
