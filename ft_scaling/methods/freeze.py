@@ -88,6 +88,6 @@ class LayerFreeze(base.Method):
         return False
 
     def is_trainable(self, path: base.Path) -> bool:
-        raise NotImplementedError(
+        raise TypeError(
             "LayerFreeze decides from the whole tree (the number of blocks): use trainable_mask"
         )
