@@ -13,7 +13,6 @@ MODEL_DIR/eval/<name>.json (atomically: temp file + os.replace, so a reader neve
 file) and as a row appended to MODEL_DIR/metrics.jsonl, the run's metrics stream.
 """
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 
@@ -23,7 +22,7 @@ from rouge_score import rouge_scorer
 
 from ft_scaling.data.task_metrics import UnicodeTokenizer
 from ft_scaling.eval import learned_metrics
-from ft_scaling.train import metrics_io
+from ft_scaling.train import checkpoints, metrics_io
 
 BLEU_TOKENIZERS = {"zh": "zh", "ja": "ja-mecab", "ko": "ko-mecab"}
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
@@ -103,15 +102,6 @@ def score(
     return results
 
 
-def atomic_write_json(path: str, obj) -> None:
-    """Writes JSON through a temp file in the same directory and os.replace (atomic on POSIX)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, ensure_ascii=False)
-    os.replace(tmp, path)
-
-
 def write_results(model_dir: str, name: str, step: int, results: Mapping) -> str:
     """Saves one evaluation: MODEL_DIR/eval/<name>.json and a row of MODEL_DIR/metrics.jsonl.
 
@@ -126,7 +116,7 @@ def write_results(model_dir: str, name: str, step: int, results: Mapping) -> str
       The JSON file's path.
     """
     path = os.path.join(model_dir, "eval", f"{name}.json")
-    atomic_write_json(path, {"step": int(step), **results})
+    checkpoints.atomic_write_json(path, {"step": int(step), **results})
     numbers = {k: v for k, v in results.get("metrics", {}).items() if _is_number(v)}
     metrics_io.MetricsWriter(model_dir, tensorboard=False).write(step, f"eval/{name}", numbers)
     return path

@@ -24,6 +24,7 @@ import jax
 from ft_scaling.config import flags
 from ft_scaling.study import store as store_lib
 from ft_scaling.study import sweep
+from ft_scaling.train import checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +53,7 @@ def write_plan(runs: list[sweep.Run], out_dir: str) -> None:
         }
         for r in runs
     ]
-    _write_json(os.path.join(out_dir, "plan.json"), plan)
-
-
-def _write_json(path: str, obj) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+    checkpoints.atomic_write_json(os.path.join(out_dir, "plan.json"), plan)
 
 
 def run_study(
@@ -80,7 +74,7 @@ def run_study(
     if leader:
         write_plan(runs, out_dir)
         settings = {"held_out": study.held_out, "bootstrap": study.report_bootstrap}
-        _write_json(os.path.join(out_dir, "report_settings.json"), settings)
+        checkpoints.atomic_write_json(os.path.join(out_dir, "report_settings.json"), settings)
     mine = sweep.assigned(runs, worker.index, worker.count)
     path = worker.store_path(out_dir)
     store = store_lib.ResultsStore(path) if leader else _ReadOnlyStore(path)

@@ -59,9 +59,12 @@ class RetentionPolicy:
 
 
 def atomic_write_json(path: str, obj) -> None:
+    """Writes JSON through a temp file in the same directory and os.replace (atomic on POSIX):
+    a reader or a crash never sees half a file. The one JSON writer of the package."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, ensure_ascii=False)
     os.replace(tmp, path)
 
 
