@@ -22,10 +22,15 @@ INSTALL_REQUIRES = [
     "matplotlib==3.11.2",
     "numpy==2.4.6",
     "scipy==1.17.1",
+    # `ft-scaling search`: TPE sampler + pruner; imported only by ft_scaling/study/search*.py.
+    "optuna==5.0.0",
 ]
 
 EXTRAS = {
     "test": ["pytest==9.0.3", "ruff==0.17.6"],
+    # benchmarks/ only (never imported by the package): the PyTorch baselines of issue 8.
+    # torch 2.13.0 is the CPU build the machine provides; a newer or unpinned torch pulls CUDA.
+    "bench": ["torch==2.13.0", "transformers==5.23.0", "peft==0.21.2"],
 }
 
 setup(
