@@ -231,6 +231,7 @@ class Decoder(nn.Module):
         deterministic: bool = True,
         decode: bool = False,
         prefill: bool = True,
+        return_hidden: bool = False,
     ) -> Array:
         """Next-token logits.
 
@@ -248,9 +249,12 @@ class Decoder(nn.Module):
           prefill: False for the one-token decode steps that follow the first (prefill) call.
             The decoder itself ignores it; it is part of the signature every model wrapper
             shares, so a wrapper that adds a prefix (prompt tuning) adds it only once.
+          return_hidden: return the final-norm hidden states instead of the logits (a
+            classification head reads them; the vocabulary projection is then skipped).
 
         Returns:
-          float32 logits [batch, length, vocab] for the token positions (prefix sliced off).
+          float32 logits [batch, length, vocab] for the token positions (prefix sliced off), or
+          with `return_hidden` the hidden states [batch, length, embed] in the compute dtype.
         """
         batch, length = tokens.shape
         if segment_ids is None:
@@ -267,6 +271,8 @@ class Decoder(nn.Module):
         for layer in self.layers:
             x = layer(x, positions, segment_ids, deterministic, decode)
         x = self.final_norm(x)[:, prefix:]
+        if return_hidden:
+            return x
         if self.config.tie_embeddings:
             logits = x.reshape(-1, x.shape[-1]) @ self.embedding.T.astype(x.dtype)
             logits = logits.reshape(*x.shape[:-1], -1)
