@@ -70,6 +70,7 @@ class LoopSettings:
     num_microbatches: int
     seed: int
     test_split: str | None
+    budget_fraction: float = 1.0
 
 
 @gin.configurable
@@ -102,13 +103,19 @@ def train(
     keep_steps: tuple[int, ...] = (),
     test_split: str | None = None,
     eval_examples: int | None = None,
+    budget_fraction: float = 1.0,
 ) -> dict:
     """Trains one model and returns its summary (also written to MODEL_DIR/summary.json).
 
     Args mirror the run gins' macros (t5x_configs/runs/*.gin): MODEL_DIR, MIXTURE_OR_TASK_NAME,
     TASK_FEATURE_LENGTHS, TRAIN_STEPS, BATCH_SIZE, LEARNING_RATE, METHOD, MAX_EPOCHS,
     INITIAL_CHECKPOINT_PATH, FINETUNE_EXAMPLES (a D_f subset of the train split), SEED, ...
+    `budget_fraction` < 1 (early-stopped search) stops after that fraction of the steps, on the
+    full run's schedule, evaluates, saves and returns status 'paused'; rerunning the same
+    MODEL_DIR with a larger fraction continues from there, as an uninterrupted run would.
     """
+    if not 0.0 < budget_fraction <= 1.0:
+        raise ValueError(f"train.budget_fraction={budget_fraction} must lie in (0, 1]")
     partitioning.initialize_distributed()
     run = _setup(**locals())
     _write_operative_config(run.model_dir)
@@ -123,6 +130,7 @@ def train(
         num_microbatches,
         seed,
         test_split,
+        budget_fraction,
     )
     summary = _train_loop(run, settings)
     summary["wall_time_s"] = time.time() - start
@@ -346,7 +354,8 @@ def _train_loop(run: Run, cfg: LoopSettings):
         return dev
 
     dev = None
-    while step < run.total_steps and not preempted.set:
+    stop_step = max(1, math.ceil(cfg.budget_fraction * run.total_steps))
+    while step < stop_step and not preempted.set:
         batch = partitioning.global_batch(next(batches), batch_sharding)
         learning_rate = np.float32(run.schedule(step))
         state, metrics = train_fn(state, frozen, batch, learning_rate)
@@ -388,8 +397,9 @@ def _train_loop(run: Run, cfg: LoopSettings):
         dev = evaluate()
     _check_finite(state, step, last_good, store)
     save(dev["loss"])
+    finished = step >= run.total_steps
     summary = {
-        "status": "finished",
+        "status": "finished" if finished else "paused",
         "step": step,
         "total_steps": run.total_steps,
         "final_dev_loss": dev["loss"],
@@ -403,7 +413,7 @@ def _train_loop(run: Run, cfg: LoopSettings):
         "compile_time_s": compile_time,
         "checkpoint_dir": store.directory,
     }
-    if cfg.test_split:
+    if cfg.test_split and finished:
         best_params = _best_params(store, state, frozen, meta["base_checkpoint"])
         test = _evaluate(
             eval_fn,
