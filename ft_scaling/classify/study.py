@@ -1,0 +1,168 @@
+"""A classification study: LM stages, then methods x examples per class x seeds, resumably.
+
+    OUT/pretrain    the pretraining stage (LM trainer)  -- or PRETRAINED_CHECKPOINT, reused
+    OUT/adaptive    the adaptive stage from it          -- when the study has one
+    OUT/results.sqlite  one row per finished run (study/store.py), written atomically
+    OUT/report.md, OUT/results.csv   the comparison table (report.py)
+
+A rerun skips finished rows and finished stages (a killed stage resumes from its checkpoint);
+a failed run is recorded with its error and the study goes on. The study's configuration is
+fingerprinted in OUT: rerunning OUT with another configuration is refused, since its rows would
+silently mix two studies. Runs are ordered by method so that runs sharing a compiled step follow
+each other.
+"""
+
+import dataclasses
+import logging
+import os
+import sys
+import time
+import traceback
+
+import gin
+from ft_scaling.classify import adaptive, report, run, tasks
+from ft_scaling.study import store as store_lib
+from ft_scaling.train import checkpoints
+
+log = logging.getLogger(__name__)
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class ClassifyStudy:
+    """Attributes:
+    name: the study's name (report title).
+    settings: shared run settings (task, pattern, model, lengths, evaluation).
+    methods: the methods compared (rows of the report).
+    per_class: labelled examples per class (columns of the report), nested subsets.
+    seeds: subset/initialisation seeds; the report gives mean ± std over them.
+    pretrain: the pretraining stage, or None to use `pretrained_checkpoint` (or scratch).
+    pretrain_task: its seqio LM task.
+    adaptive: the adaptive stage (needed by methods with base 'adaptive'), or None.
+    pretrained_checkpoint: an existing pretrained MODEL_DIR to start from instead.
+    """
+
+    name: str
+    settings: run.RunSettings
+    methods: tuple
+    per_class: tuple = (16, 32, 64, 128)
+    seeds: tuple = (0, 1, 2)
+    pretrain: adaptive.LMStage | None = None
+    pretrain_task: str = "debian_l10n_pretrain_en_de"
+    adaptive: adaptive.LMStage | None = None
+    pretrained_checkpoint: str | None = None
+
+    def __post_init__(self):
+        names = [m.name for m in self.methods]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"ClassifyStudy.methods need distinct names, got {names}")
+        if self.pretrain is not None and self.pretrained_checkpoint:
+            raise ValueError("set ClassifyStudy.pretrain or pretrained_checkpoint, not both")
+        if self.adaptive is None and any(m.base == "adaptive" for m in self.methods):
+            raise ValueError("a method has base 'adaptive' but ClassifyStudy.adaptive is None")
+
+
+def _fingerprint(study: ClassifyStudy) -> dict:
+    """What every row depends on; methods, sizes and seeds may grow between reruns."""
+    fields = ("settings", "pretrain", "pretrain_task", "adaptive", "pretrained_checkpoint")
+    return {name: repr(getattr(study, name)) for name in fields}
+
+
+def _check_finished(row: dict, spec) -> None:
+    if row.get("method_config") != repr(spec):
+        raise checkpoints.CheckpointError(
+            f"run {row['run_id']} finished with method {row.get('method_config')}, the study now "
+            f"says {spec!r}. Use a new --out directory, or rename the method."
+        )
+
+
+def run_stages(study: ClassifyStudy, out_dir: str, store) -> dict:
+    """Runs (or skips) the LM stages; returns the bases {'pretrained': dir, 'adaptive': dir}."""
+    config = study.settings.model_config
+    pretrained = study.pretrained_checkpoint
+    if study.pretrain is not None:
+        pretrained = os.path.join(out_dir, "pretrain")
+        _stage(store, "pretrain", study.pretrain, pretrained, study.pretrain_task, config, None)
+    bases = {"pretrained": pretrained}
+    if study.adaptive is not None:
+        task = tasks.get_task(study.settings.task)
+        lm_task = adaptive.register_adaptive_task(task, study.settings.vocabulary)
+        bases["adaptive"] = os.path.join(out_dir, "adaptive")
+        _stage(store, "adaptive", study.adaptive, bases["adaptive"], lm_task, config, pretrained)
+    return bases
+
+
+def _stage(store, name, stage, model_dir, lm_task, config, initial):
+    sys.stderr.write(f"[classify] stage {name}: {stage.steps} LM steps in {model_dir}\n")
+    summary = adaptive.run_stage(stage, model_dir, lm_task, config, initial)
+    if summary.get("status") != "finished":
+        raise RuntimeError(f"stage {name} stopped with status {summary.get('status')!r}")
+    row = {
+        "stage": name,
+        "steps": summary["step"],
+        "dev_loss": summary["final_dev_loss"],
+        "wall_time": summary.get("wall_time_s"),
+        "run_dir": model_dir,
+    }
+    if store.status(f"stage_{name}") != "finished":
+        store.record(f"stage_{name}", "stage", "finished", row)
+
+
+def run_ids(study: ClassifyStudy, methods: list | None = None) -> list[tuple]:
+    """(run_id, method spec, per_class, seed) of every run, ordered by method."""
+    chosen = [m for m in study.methods if methods is None or m.name in methods]
+    if methods is not None:
+        unknown = sorted(set(methods) - {m.name for m in study.methods})
+        if unknown:
+            raise ValueError(
+                f"--methods {unknown} not in the study; allowed: {[m.name for m in study.methods]}"
+            )
+    return [
+        (f"{spec.name}_k{per_class}_seed{seed}", spec, per_class, seed)
+        for spec in chosen
+        for per_class in study.per_class
+        for seed in study.seeds
+    ]
+
+
+def run_study(study: ClassifyStudy, out_dir: str, methods: list | None = None) -> dict:
+    """Runs what is not finished yet and writes the report; returns run counts."""
+    os.makedirs(out_dir, exist_ok=True)
+    checkpoints.check_fingerprint(out_dir, _fingerprint(study))
+    store = store_lib.ResultsStore(os.path.join(out_dir, "results.sqlite"))
+    start = time.time()
+    bases = run_stages(study, out_dir, store)
+    runs = run_ids(study, methods)
+    counts = {"finished": 0, "failed": 0, "skipped": 0, "total": len(runs)}
+    finished = {row["run_id"]: row for row in store.rows("classify", "finished")}
+    for position, (run_id, spec, per_class, seed) in enumerate(runs, start=1):
+        if run_id in finished:
+            _check_finished(finished[run_id], spec)
+            counts["skipped"] += 1
+            continue
+        sys.stderr.write(f"[classify] run {position}/{len(runs)} {run_id}\n")
+        counts[_execute(store, run_id, spec, study.settings, per_class, seed, bases)] += 1
+    counts["wall_time_s"] = round(time.time() - start, 1)
+    store.close()
+    report.write(out_dir, study)
+    return counts
+
+
+def _execute(store, run_id, spec, settings, per_class, seed, bases) -> str:
+    try:
+        row = run.run(spec, settings, per_class, seed, bases)
+    except KeyboardInterrupt:
+        raise
+    except Exception as err:  # recorded with its error; the study goes on
+        message = f"{type(err).__name__}: {err}"
+        log.error("run %s failed: %s", run_id, message)
+        store.record(
+            run_id,
+            "classify",
+            "failed",
+            {"method": spec.name, "per_class": per_class, "seed": seed},
+            f"{message}\n{traceback.format_exc()[-4000:]}",
+        )
+        return "failed"
+    store.record(run_id, "classify", "finished", {**row, "method_config": repr(spec)})
+    return "finished"
