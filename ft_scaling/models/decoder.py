@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from ft_scaling.models import axes
+from ft_scaling.models.attention import dot_product_attention
 from ft_scaling.models.configs import ModelConfig
 
 Array = jax.Array
@@ -118,7 +119,7 @@ class Attention(nn.Module):
             length = x.shape[1]
             causal = jnp.tril(jnp.ones((length, length), dtype=bool))
             mask = (same_segment & causal)[:, None]  # [b, 1, q, k]
-        out = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask)
+        out = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
         out = nn.with_logical_constraint(out, (axes.BATCH, axes.LENGTH, axes.HEADS, axes.KV))
         return proj((nq, hd), (d,), (axes.HEADS, axes.KV, axes.EMBED), name="out")(out)
 
