@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from ft_scaling.methods import base
-from ft_scaling.train import losses, partitioning
+from ft_scaling.train import host_memory, losses, partitioning
 
 INPUT_KEYS = ("decoder_input_tokens", "decoder_segment_ids", "decoder_positions")
 
@@ -186,9 +186,14 @@ def eval_step(trainable, frozen, batch, *, model) -> dict:
 def jit_steps(model, optimizer_settings: tuple, mesh, rules, state, frozen, num_microbatches=1):
     """Compiled train and eval steps, shared by every run with the same key in this process.
 
+    On CPU this also tunes the host allocator once (host_memory.py): XLA:CPU's step buffers
+    are host memory, and returning them to the OS after each step doubled the step time.
+
     Args:
       optimizer_settings: the arguments of `optimizers.optimizer`, as a hashable tuple.
     """
+    if jax.default_backend() == "cpu":
+        host_memory.keep_freed_memory()
     state_sh = _shardings(state)
     frozen_sh = _shardings(frozen)
     return _compiled(
