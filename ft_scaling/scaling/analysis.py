@@ -6,7 +6,11 @@
   crossing inside a D_f range by bracketing + Brent on the full laws ("none in range" when
   there is none), and the paper's closed form D_f^c = H X^gamma (App. Eq. 3);
 * saturation: the D_f beyond which one more doubling of D_f improves the loss by less than a
-  relative threshold, from the fitted law and empirically from the measured points.
+  relative threshold t, from the fitted law (with a bootstrap interval: the same point for
+  every bootstrap replicate's law) and empirically from the measured points. For the
+  multiplicative law the gain per doubling, (L(D) - L(2D)) / L(D) = R (1 - 2^-beta) / (R + E)
+  with R = A X^-alpha D^-beta, falls monotonically in D, so the point is unique:
+  D_sat = (A X^-alpha / R*)^(1/beta), R* = t E / (1 - 2^-beta - t).
 """
 
 import dataclasses
@@ -111,14 +115,105 @@ def saturation_point(
 
 
 def empirical_saturation(d_f, loss, threshold: float = 0.01) -> float | None:
-    """First measured D_f after which the measured gain per doubling is below `threshold`.
+    """The measured D_f from which every further measured step gains less than `threshold`
+    per doubling.
 
     The gain between consecutive measured sizes is ((L_i - L_i+1) / L_i) / log2(D_i+1 / D_i).
-    Points are averaged per D_f first. Returns None when the gain never falls below it.
+    Points are averaged per D_f first. "Every further step" rather than the first one below
+    the threshold: a noisy dip must not declare saturation when a later doubling still pays.
+    Returns None when the last measured step still gains at least `threshold`.
     """
     d_f, loss = np.asarray(d_f, np.float64), np.asarray(loss, np.float64)
     unique, index = np.unique(d_f, return_inverse=True)
     mean = np.bincount(index, weights=loss) / np.bincount(index)
     gain = (mean[:-1] - mean[1:]) / mean[:-1] / np.log2(unique[1:] / unique[:-1])
-    below = np.flatnonzero(gain < threshold)
-    return float(unique[below[0]]) if len(below) else None
+    paying = np.flatnonzero(~(gain < threshold))  # NaN gains count as still paying
+    if len(gain) == 0 or (len(paying) and paying[-1] == len(gain) - 1):
+        return None
+    return float(unique[paying[-1] + 1]) if len(paying) else float(unique[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class Saturation:
+    """Where more data stops paying at one factor value X.
+
+    Attributes:
+      x: the factor value; threshold: the relative gain per doubling that counts as saturated.
+      d_f: the fitted law's saturation point (None: not reached within `d_range`).
+      status: 'found', 'at range start' (saturated already at d_range[0]) or 'beyond range'.
+      interval: central bootstrap interval of d_f (inf where replicates never saturate in
+        range; NaN without replicates).
+      replicates: bootstrap replicates whose law was finite.
+      empirical: `empirical_saturation` of the measured points (None without points or when
+        the data still pays at the largest measured D_f).
+      gain_at_largest: the law's relative gain per doubling at the largest measured D_f
+        (None without points): how far from saturation the data ends.
+    """
+
+    x: float
+    threshold: float
+    d_f: float | None
+    status: str
+    interval: tuple[float, float]
+    replicates: int
+    empirical: float | None
+    gain_at_largest: float | None = None
+
+
+def saturation_interval(law: laws.Law, names, samples, x, threshold, d_range, level=0.95):
+    """(interval, replicates used) of the saturation point over bootstrap replicates.
+
+    Args:
+      law: the law; names: its parameter names in the column order of `samples`.
+      samples: [replicates, params] natural values; rows with a NaN (failed refit) are skipped.
+      x, threshold, d_range: as in `saturation_point`.
+      level: central interval level.
+
+    Replicates that never saturate in range count as +inf; percentiles are taken without
+    interpolation (numpy's 'inverted_cdf') so that inf is an ordinary largest value.
+    """
+    samples = np.asarray(samples, np.float64).reshape(-1, len(names))
+    ok = samples[np.all(np.isfinite(samples), axis=1)]
+    points = [
+        saturation_point(law, dict(zip(names, row, strict=True)), x, threshold, d_range)
+        for row in ok
+    ]
+    values = np.array([np.inf if p is None else p for p in points])
+    if len(values) < 2:
+        return (float("nan"), float("nan")), len(values)
+    tail = 0.5 * (1.0 - level)
+    low, high = np.quantile(values, [tail, 1.0 - tail], method="inverted_cdf")
+    return (float(low), float(high)), len(values)
+
+
+def saturation(
+    law: laws.Law,
+    params,
+    x: float,
+    threshold: float = 0.01,
+    bootstrap=None,
+    measured=None,
+    d_range=(1.0, 1e12),
+    level: float = 0.95,
+) -> Saturation:
+    """The fitted saturation point at `x`, its bootstrap interval and the empirical one.
+
+    Args:
+      law, params, x, threshold, d_range: as in `saturation_point`.
+      bootstrap: [replicates, params] natural values in the order of `params`, or None.
+      measured: (d_f [points], loss [points]) measured at `x`, or None.
+      level: central interval level.
+    """
+    point = saturation_point(law, params, x, threshold, d_range)
+    status = "beyond range" if point is None else "found"
+    if point is not None and point <= d_range[0]:
+        status = "at range start"
+    interval, used = (float("nan"), float("nan")), 0
+    if bootstrap is not None and len(bootstrap):
+        names = list(params)
+        interval, used = saturation_interval(law, names, bootstrap, x, threshold, d_range, level)
+    empirical, gain = None, None
+    if measured is not None and len(measured[0]):
+        empirical = empirical_saturation(*measured, threshold)
+        gain = float(relative_gain_per_doubling(law, params, x, np.max(measured[0])))
+    return Saturation(float(x), threshold, point, status, interval, used, empirical, gain)

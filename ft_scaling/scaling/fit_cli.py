@@ -58,22 +58,43 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)  # fmt: skip
 
 
-def _saturation(setting: procedure.SettingFit, threshold: float) -> dict:
-    """Fitted and empirical saturation D_f per factor value."""
+def _saturations(setting: procedure.SettingFit, threshold: float) -> dict:
+    """{factor key: [analysis.Saturation per factor value]}: fitted (with the bootstrap
+    replicates' interval) and empirical saturation D_f."""
     result = {}
     for key, factor_fit in setting.factors.items():
         law, points = laws.get_law(factor_fit.law), factor_fit.points
-        per_value = {}
+        result[key] = []
         for value in np.unique(points.x):
             at = points.x == value
-            per_value[f"{value:g}"] = {
-                "fitted": analysis.saturation_point(law, factor_fit.params, value, threshold),
-                "empirical": analysis.empirical_saturation(
-                    points.d_f[at], points.loss[at], threshold
-                ),
-            }
-        result[key] = per_value
-    return {"threshold": threshold, "by_factor": result}
+            measured = (points.d_f[at], points.loss[at])
+            result[key].append(
+                analysis.saturation(
+                    law, factor_fit.params, value, threshold, factor_fit.bootstrap, measured
+                )
+            )
+    return result
+
+
+def _saturation_document(saturations: dict, threshold: float) -> dict:
+    """fit.json's saturation entry: {factor key: {X (rounded, a label): values}}."""
+    by_factor = {
+        key: {f"{s.x:g}": _saturation_entry(s) for s in per_value}
+        for key, per_value in saturations.items()
+    }
+    return {"threshold": threshold, "by_factor": by_factor}
+
+
+def _saturation_entry(saturation: analysis.Saturation) -> dict:
+    return {
+        "x": saturation.x,
+        "fitted": saturation.d_f,
+        "status": saturation.status,
+        "interval": list(saturation.interval),
+        "bootstrap_ok": saturation.replicates,
+        "empirical": saturation.empirical,
+        "gain_at_largest": saturation.gain_at_largest,
+    }
 
 
 def _exponents(setting: procedure.SettingFit) -> dict:
@@ -117,16 +138,19 @@ def _comparisons(fitted: list[tuple[dict, procedure.SettingFit]], args) -> list[
     return out
 
 
-def _plot(fitted, comparisons, out_dir: str) -> list[str]:
+def _plot(fitted, comparisons, out_dir: str, saturations: list[dict]) -> list[str]:
     paths = []
-    for group, setting in fitted:
+    for (group, setting), saturation in zip(fitted, saturations, strict=True):
         label = "_".join(str(v) for v in group.values()) or "all"
         by_factor: dict[str, list] = {}
-        for factor_fit in setting.factors.values():
+        marks: dict[str, list] = {}
+        for key, factor_fit in setting.factors.items():
             by_factor.setdefault(factor_fit.factor, []).append(factor_fit)
+            marks.setdefault(factor_fit.factor, []).extend(saturation[key])
         for factor, fits in by_factor.items():
             title = f"{', '.join(map(str, group.values()))}: {setting.law} law, {factor}"
-            paths += plots.plot_factor_fit(fits, title, os.path.join(out_dir, f"{label}_{factor}"))
+            stem = os.path.join(out_dir, f"{label}_{factor}")
+            paths += plots.plot_factor_fit(fits, title, stem, marks[factor])
     for c in comparisons:
         x_value = min(cr.x for cr in c["_crossings"])
         label = "_".join(str(v) for v in c["group"].values()) or "all"
@@ -145,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
         loss=args.loss, delta=args.delta, residual=args.residual, n_starts=args.starts
     )
     boot = procedure.BootstrapOptions(replicates=args.bootstrap, seed=args.seed)
-    fitted, skipped, documents = [], [], []
+    fitted, skipped, documents, saturations = [], [], [], []
     for group, rows in tables.groups(table, [c for c in args.group.split(",") if c]):
         try:
             sweeps = tables.sweeps_for_rows(table, rows, factors, args.metric)
@@ -160,7 +184,8 @@ def run(args: argparse.Namespace) -> int:
             sweeps, args.law, proc, args.held_out, options, boot, report=list(factors or sweeps)
         )
         fitted.append((group, setting))
-        extra = {"saturation": _saturation(setting, args.saturation_threshold),
+        saturations.append(_saturations(setting, args.saturation_threshold))
+        extra = {"saturation": _saturation_document(saturations[-1], args.saturation_threshold),
                  "exponent_comparison": _exponents(setting)}  # fmt: skip
         documents.append(report.setting_summary(group, setting, extra))
     if not fitted:
@@ -176,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
         handle.write(report.markdown(fitted, public))
     report.write_starts(os.path.join(args.out, "starts.csv"), fitted)
     if not args.no_plots:
-        _plot(fitted, comparisons, args.out)
+        _plot(fitted, comparisons, args.out, saturations)
     not_converged = [g for g, s in fitted for f in s.factors.values() if not f.fit.converged]
     print(f"wrote {args.out}/fit.json, summary.md, starts.csv ({len(fitted)} settings)")
     if not_converged:

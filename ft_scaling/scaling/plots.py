@@ -4,7 +4,9 @@ Plotting only reads fit results; it never fits. Figures are built with `matplotl
 directly (no pyplot), so no global backend state is touched and it works headless.
 
   * `plot_factor_fit`: loss vs D_f on log axes, one curve per factor value; circles = fitting
-    points, triangles = held-out points; annotated with Delta_e, Delta_h, alpha and beta.
+    points, triangles = held-out points; annotated with Delta_e, Delta_h, alpha and beta; stars
+    mark each curve's saturation point with its bootstrap interval as a horizontal bar, and
+    a dashed tick the empirical one.
   * `plot_method_comparison`: the methods' curves vs D_f at one factor value with every
     crossing marked, and (Fig. 5) the critical D_f against the factor value per method pair.
 """
@@ -40,7 +42,36 @@ def _annotation(fits: Sequence[FactorFit]) -> str:
     return "\n".join(lines)
 
 
-def plot_factor_fit(fits: Sequence[FactorFit], title: str, stem: str) -> list[str]:
+def _d_limits(fits: Sequence[FactorFit], saturations) -> tuple[float, float]:
+    """The plotted D_f range: the measured one, widened to show saturation points lying
+    within a factor of 100 of it (farther ones would squash the data; the table has them)."""
+    low = min(f.points.d_f.min() for f in fits)
+    high = max(f.points.d_f.max() for f in fits)
+    marks = [s.d_f for s in saturations if s.d_f is not None and low / 100 <= s.d_f <= high * 100]
+    return min([low, *marks]) / 1.5, max([high, *marks]) * 1.5
+
+
+def _mark_saturation(axes, law, params, saturation, colour, d_limits) -> None:
+    """A star on the curve at the saturation point, its bootstrap interval as a bar."""
+    lo_d, hi_d = d_limits
+    if saturation.empirical is not None:
+        axes.axvline(saturation.empirical, color=colour, ls="--", lw=0.6, alpha=0.6)
+    if saturation.d_f is None or not lo_d <= saturation.d_f <= hi_d:
+        return
+    y = float(law(saturation.x, saturation.d_f, params))
+    low, high = saturation.interval
+    if np.isfinite(low) and np.isfinite(high):
+        axes.plot([max(low, lo_d), min(high, hi_d)], [y, y], color=colour, lw=2.5, alpha=0.35)
+    axes.scatter([saturation.d_f], [y], color=colour, marker="*", s=90, zorder=3,
+                 edgecolors="black", linewidths=0.4)  # fmt: skip
+
+
+def plot_factor_fit(
+    fits: Sequence[FactorFit],
+    title: str,
+    stem: str,
+    saturations: Sequence[analysis.Saturation] = (),
+) -> list[str]:
     """One panel: observed points and fitted curves per factor value vs D_f (log axes).
 
     Args:
@@ -48,15 +79,18 @@ def plot_factor_fit(fits: Sequence[FactorFit], title: str, stem: str) -> list[st
         factor (one element per factor value).
       title: panel title.
       stem: output path without extension.
+      saturations: `analysis.saturation` per factor value (marked when in the plotted range).
     """
     figure = Figure(figsize=(5.5, 4.0), layout="constrained")
     axes = figure.add_subplot()
     values = sorted({float(v) for f in fits for v in f.points.x})
     cmap = _colours(len(values))
+    d_limits = _d_limits(fits, saturations)
+    by_x = {round(s.x, 6): s for s in saturations}
     for fit_ in fits:
         law = laws.get_law(fit_.law)
         points = fit_.points
-        d_grid = np.geomspace(points.d_f.min() / 1.5, points.d_f.max() * 1.5, 200)
+        d_grid = np.geomspace(*d_limits, 200)
         for value in np.unique(points.x):
             colour = cmap[values.index(float(value))]
             at = points.x == value
@@ -65,6 +99,12 @@ def plot_factor_fit(fits: Sequence[FactorFit], title: str, stem: str) -> list[st
             fitting, held = at & ~points.held_out, at & points.held_out
             axes.scatter(points.d_f[fitting], points.loss[fitting], color=colour, marker="o", s=18)
             axes.scatter(points.d_f[held], points.loss[held], color=colour, marker="^", s=30)
+            if round(float(value), 6) in by_x:
+                _mark_saturation(axes, law, fit_.params, by_x[round(float(value), 6)], colour,
+                                 d_limits)  # fmt: skip
+    if saturations:
+        axes.scatter([], [], color="grey", marker="*", s=60,
+                     label=f"saturation ({saturations[0].threshold:.0%}/doubling)")  # fmt: skip
     axes.set_xscale("log")
     axes.set_yscale("log")
     axes.set_xlabel("finetuning examples $D_f$")

@@ -8,6 +8,9 @@ procedure) and the additive law as a rival -> report.md with
   Q2 is α for model size larger than for pretraining data?
   Q3 does PET parameter scaling help (|α_t| small)?
   critical finetuning data sizes between methods
+  saturation: per method, factor and X, the D_f from which one more doubling of data improves
+    the test loss by less than `saturation_threshold` (relative), from the fitted law with its
+    bootstrap interval, and empirically from the measured points
 """
 
 import json
@@ -18,14 +21,16 @@ from ft_scaling.scaling import fit_cli
 from ft_scaling.study import store as store_lib
 
 PET_SCALING_THRESHOLD = 0.01  # the paper's "|alpha_t| << 1e-2" (PAPER.md §6)
+SATURATION_THRESHOLD = 0.01  # 1% less loss per doubling of D_f (issue 9's example)
 
 
 def write_report(out_dir: str, starts: int = 300) -> str:
     """Writes OUT/results.csv, OUT/fit*/ and OUT/report.md; returns the report's path.
 
-    The held-out rule and bootstrap size come from the study (OUT/report_settings.json).
+    The held-out rule and bootstrap size come from the study (OUT/report_settings.json), as
+    may `saturation_threshold` (default SATURATION_THRESHOLD).
     """
-    settings = {"held_out": "paper", "bootstrap": 100}
+    settings = {"held_out": "paper", "bootstrap": 100, "saturation_threshold": SATURATION_THRESHOLD}
     settings_path = os.path.join(out_dir, "report_settings.json")
     if os.path.exists(settings_path):
         with open(settings_path) as f:
@@ -45,6 +50,7 @@ def write_report(out_dir: str, starts: int = 300) -> str:
         for note in main["notes"]:
             sections += [f"Not fitted: {note}", ""]
         sections += _fits_section(out_dir, main)
+        sections += saturation_section(main["document"])
         sections += _questions(main["document"], fits.get("additive", {}).get("document"))
     elif main:
         sections += ["## Fits", "", f"The fit could not run: {main['error']}", ""]
@@ -77,6 +83,8 @@ def _fit(csv_path, law, out, settings, starts) -> dict:
         "task,method",
         "--held_out",
         settings["held_out"],
+        "--saturation_threshold",
+        str(settings["saturation_threshold"]),
     ]
     notes = []
     for factors in ("all", "model_params,pretrain_tokens", "model_params"):
@@ -118,6 +126,53 @@ def _fits_section(out_dir: str, fit: dict) -> list[str]:
     plots = sorted(p for p in os.listdir(fit["dir"]) if p.endswith(".png"))
     lines = [summary, "", "### Plots", ""]
     lines += [f"![{p}]({rel}/{p})" for p in plots]
+    return lines + [""]
+
+
+def _saturation_cell(entry: dict) -> str:
+    """'1.2e+03 [850, ∞]': the fitted point and its bootstrap interval."""
+    if entry["fitted"] is None:
+        point = "not within 1e12"
+    elif entry["status"] == "at range start":
+        point = f"≤ {entry['fitted']:.3g}"
+    else:
+        point = f"{entry['fitted']:.3g}"
+    low, high = entry.get("interval") or (None, None)
+    if (entry.get("bootstrap_ok") or 0) < 2:
+        return point
+    # JSON has no infinity: a missing bound with replicates behind it is an unbounded one.
+    low = "∞" if low is None else f"{low:.3g}"
+    high = "∞" if high is None else f"{high:.3g}"
+    return f"{point} [{low}, {high}]"
+
+
+def saturation_section(document: dict) -> list[str]:
+    """Where more data stops paying, per method, factor and factor value (from fit.json)."""
+    settings = [s for s in document.get("settings", []) if s.get("saturation")]
+    if not settings:
+        return []
+    threshold = settings[0]["saturation"]["threshold"]
+    lines = [
+        "## Saturation: how much data is enough?",
+        "",
+        f"D_f from which one more doubling of the finetuning data lowers the test loss by less "
+        f"than {threshold:.2%} (relative): from the fitted law [95% bootstrap interval over "
+        "the refitted replicates], and from the measured points (the smallest measured D_f "
+        "from which every further measured doubling gains less; – when the largest still "
+        "gains more). Gain at largest: the law's gain per doubling at the largest measured D_f.",
+        "",
+        "| method | factor | X | fitted D_f [interval] | empirical D_f | gain at largest |",
+        "|---|---|---|---|---|---|",
+    ]
+    for setting in settings:
+        method = setting["group"].get("method", "all")
+        for factor, per_value in setting["saturation"]["by_factor"].items():
+            for x, entry in per_value.items():
+                empirical = "–" if entry["empirical"] is None else f"{entry['empirical']:.4g}"
+                gain = entry.get("gain_at_largest")
+                gain = "–" if gain is None else f"{gain:.2%}"
+                cells = [method, factor, x, _saturation_cell(entry), empirical, gain]
+                lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
 
 

@@ -1,0 +1,296 @@
+"""Early-stopped Bayesian hyperparameter search: rank configs at a fraction of their budget.
+
+    base     pretrain the base model once (or reuse `BaseModel.checkpoint`)
+    explore  until `trials` trials are done: Optuna's TPE sampler (multivariate) proposes a
+             config from the SearchSpace; it trains through the normal trainer for
+             `early_fraction` of ITS steps, on the full run's schedule (`train.budget_fraction`),
+             and reports its dev metric there (`trial.report`, so an Optuna pruner can stop it;
+             pruned trials are not continued); TPE models this early metric
+    continue the `top_k` best trials by early metric (or all: `full_budget_for='all'`) resume
+             in their MODEL_DIR to the full budget, so the early steps are not paid twice and
+             the result equals an uninterrupted run; final metric = best dev metric of the run
+    report   `search_report.py`: trials, best config, Spearman(early, final), top-5 overlap
+
+Why Optuna's TPE and not Vizier: both are maintained Bayesian optimisers; Optuna is pure Python
+(Vizier's package brings gRPC and a service layer), its ask/tell interface lets a trial train
+through our trainer instead of inside a callback, and its RDB storage (OUT/optuna.sqlite,
+`load_if_exists`) keeps the optimiser's state across a kill.
+
+Resuming. Every trial is a run row in OUT/results.sqlite (kind 'trial'), keyed like study runs
+by the hash of its portable config, and written before Optuna is told, so:
+  * a run whose row holds a phase's metric is never trained for that phase again (a config
+    proposed twice is one run);
+  * a trial killed mid-training is still RUNNING in Optuna at restart: it is closed as FAIL and
+    its config enqueued, so the next trial trains the same config in the same MODEL_DIR, which
+    the trainer resumes from its last checkpoint;
+  * a kill between writing the row and telling Optuna is repaired from the row.
+"""
+
+import logging
+import os
+import traceback
+
+import optuna
+from optuna.trial import TrialState
+
+from ft_scaling.config import flags
+from ft_scaling.study import search_config, search_progress, sweep
+from ft_scaling.study import store as store_lib
+
+log = logging.getLogger(__name__)
+
+# trial.report steps are percent of a trial's budget: comparable across trials whose step
+# counts differ (batch size and epochs are searched), as a pruner needs.
+REPORT_STEPS = 100
+
+
+class SearchInterrupted(RuntimeError):
+    """Training was preempted (SIGTERM); its checkpoint is saved and a rerun continues."""
+
+
+def train_run(run: sweep.Run, model_dir: str, budget_fraction: float = 1.0) -> dict:
+    """Trains `run` (or resumes it) through the normal trainer; returns its summary.
+
+    Raises:
+      SearchInterrupted: the trainer was preempted; its checkpoint is saved.
+    """
+    bindings = [*run.bindings, f"MODEL_DIR={model_dir!r}"]
+    if budget_fraction < 1.0:
+        bindings.append(f"train.budget_fraction={budget_fraction!r}")
+    flags.parse_gin(run.gin_files, bindings)
+    from ft_scaling.train import loop
+
+    summary = loop.train()
+    if summary.get("status") == "preempted":
+        raise SearchInterrupted(f"run {run.run_id} was preempted at step {summary['step']}")
+    if summary.get("status") not in ("finished", "paused"):
+        raise RuntimeError(f"training stopped with status {summary.get('status')!r}")
+    return summary
+
+
+def open_study(search: search_config.Search, out_dir: str) -> optuna.Study:
+    """The Optuna study in OUT/optuna.sqlite, created or loaded (resumed)."""
+    storage = f"sqlite:///{os.path.abspath(os.path.join(out_dir, 'optuna.sqlite'))}"
+    pruner = (
+        optuna.pruners.MedianPruner(n_startup_trials=search.startup_trials)
+        if search.pruner == "median"
+        else optuna.pruners.NopPruner()
+    )
+    study = optuna.create_study(
+        storage=storage,
+        study_name=search.name,
+        direction="minimize",
+        pruner=pruner,
+        load_if_exists=True,
+    )
+    # Reseeded by the trials so far: a resumed search must not replay the random draws of its
+    # first trials (they would propose configs it has already run).
+    study.sampler = optuna.samplers.TPESampler(
+        seed=search.seed + len(study.trials),
+        multivariate=True,
+        n_startup_trials=search.startup_trials,
+    )
+    return study
+
+
+def run_search(search: search_config.Search, out_dir: str) -> dict:
+    """Runs (or continues) the search; returns counts of trials by outcome."""
+    os.makedirs(out_dir, exist_ok=True)
+    search_config.check_space(search, out_dir)
+    search_config.write_settings(search, out_dir)
+    store = store_lib.ResultsStore(os.path.join(out_dir, "results.sqlite"))
+    try:
+        continuations = search.trials if search.full_budget_for == "all" else search.top_k
+        progress = search_progress.Progress(
+            search.name, search.trials, min(continuations, search.trials)
+        )
+        _pretrain(search, out_dir, store, progress)
+        study = open_study(search, out_dir)
+        _recover(search, study, store)
+        _explore(search, study, store, out_dir, progress)
+        _continue(search, store, out_dir, progress)
+        return counts(search, study, store)
+    finally:
+        store.close()
+
+
+def trial_rows(store: store_lib.ResultsStore) -> dict[str, dict]:
+    """run id -> row of every trial run recorded so far."""
+    return {row["run_id"]: row for row in store.rows(kind="trial")}
+
+
+def _pretrain(search, out_dir, store, progress) -> None:
+    run = search_config.pretrain_run(search, out_dir)
+    if run is None or store.status(run.run_id) == "finished":
+        return
+    progress.say(f"pretraining {search.base_model.name} ({search.base_model.pretrain_steps} steps)")
+    summary = train_run(run, run.model_dir(out_dir))
+    row = {
+        **run.record,
+        "steps": summary["step"],
+        "dev_loss": summary["best_dev_loss"],
+        "run_dir": run.model_dir(out_dir),
+        "wall_time": summary["wall_time_s"],
+        "config_hash": run.run_id,
+    }
+    store.record(run.run_id, run.kind, "finished", row)
+
+
+def _done(study: optuna.Study) -> int:
+    """Trials that count towards `Search.trials`: complete, pruned, or failed in training
+    (not those closed because a kill interrupted them; their config runs again)."""
+    trials = study.get_trials(deepcopy=False)
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    failed = [t for t in trials if t.state == TrialState.FAIL and "error" in t.user_attrs]
+    return len(finished) + len(failed)
+
+
+def _recover(search, study: optuna.Study, store) -> None:
+    """Closes the trials a kill left RUNNING: told from their row if it was written, else
+    failed and enqueued again (the same config, hence the same MODEL_DIR to resume)."""
+    rows = trial_rows(store)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        row = rows.get(trial.user_attrs.get("run_id"), {})
+        early = row.get(f"early_{search.metric}")
+        if early is not None and row.get("pruned"):
+            study.tell(trial.number, state=TrialState.PRUNED)
+        elif early is not None:
+            study.tell(trial.number, early)
+        else:
+            study.tell(trial.number, state=TrialState.FAIL)
+            study.enqueue_trial(trial.params, user_attrs={"resumes_trial": trial.number})
+            log.warning("trial %d was interrupted; its config runs again", trial.number)
+
+
+def _explore(search, study, store, out_dir, progress) -> None:
+    while (done := _done(study)) < search.trials:
+        trial = study.ask()
+        values = search.space.suggest(trial)
+        run = search_config.trial_run(search, values, out_dir)
+        trial.set_user_attr("run_id", run.run_id)
+        progress.trial_started(done + 1, trial.number, values)
+        try:
+            row, trained = _early_phase(search, run, trial.number, store, out_dir)
+        except (KeyboardInterrupt, SearchInterrupted):
+            raise
+        except Exception as err:  # recorded; the search goes on (TPE ignores failed trials)
+            message = _record_failure(store, run, out_dir, err)
+            trial.set_user_attr("error", message.splitlines()[0][:500])
+            study.tell(trial, state=TrialState.FAIL)
+            progress.trial_failed(trial.number, message)
+            continue
+        _tell_early(search, study, trial, row, store)
+        progress.trial_done(trial.number, row, search.metric, trained)
+
+
+def _early_phase(search, run, number, store, out_dir) -> tuple[dict, bool]:
+    """(row, trained): the run's row after its early phase, trained only if not recorded."""
+    row = trial_rows(store).get(run.run_id)
+    trained = row is None or row.get(f"early_{search.metric}") is None
+    if trained:
+        model_dir = run.model_dir(out_dir)
+        summary = train_run(run, model_dir, search.early_fraction)
+        row = {**run.record, **_early_fields(summary), "run_dir": model_dir}
+        row.update(config_hash=run.run_id, status="early", trials=[])
+        if summary["status"] == "finished":  # a budget so small the early phase is all of it
+            row.update(_final_fields(summary), status="finished")
+    row["trials"] = sorted({*row.get("trials", []), number})
+    store.record(run.run_id, "trial", row["status"], _stored(row))
+    return row, trained
+
+
+def _stored(row: dict) -> dict:
+    """A row as the store keeps it (its id, kind and status are columns of their own)."""
+    return {k: v for k, v in row.items() if k not in ("run_id", "kind", "status", "error")}
+
+
+def _early_fields(summary: dict) -> dict:
+    return {
+        "early_step": summary["step"],
+        "total_steps": summary["total_steps"],
+        "early_dev_loss": summary["final_dev_loss"],
+        "early_dev_ppl": summary["final_dev_ppl"],
+        "early_wall_time": summary["wall_time_s"],
+        "early_compile_time": summary.get("compile_time_s"),
+        "trainable_params": summary["trainable_params"],
+    }
+
+
+def _final_fields(summary: dict) -> dict:
+    return {
+        "steps": summary["step"],
+        "best_step": summary["best_step"],
+        "final_dev_loss": summary["best_dev_loss"],
+        "final_dev_ppl": summary["best_dev_ppl"],
+        "last_dev_loss": summary["final_dev_loss"],
+        "last_dev_ppl": summary["final_dev_ppl"],
+        "test_loss": summary.get("test_loss"),
+        "test_ppl": summary.get("test_ppl"),
+        "final_wall_time": summary["wall_time_s"],
+    }
+
+
+def _tell_early(search, study, trial, row, store) -> None:
+    value = row[f"early_{search.metric}"]
+    trial.report(value, step=round(REPORT_STEPS * search.early_fraction))
+    if trial.should_prune():
+        row["pruned"] = True
+        store.record(row["config_hash"], "trial", row["status"], _stored(row))
+        study.tell(trial, state=TrialState.PRUNED)
+    else:
+        study.tell(trial, value)
+
+
+def _record_failure(store, run, out_dir, err) -> str:
+    message = f"{type(err).__name__}: {err}"
+    log.error("run %s failed: %s", run.run_id, message)
+    row = trial_rows(store).get(run.run_id) or {**run.record, "run_dir": run.model_dir(out_dir)}
+    store.record(
+        run.run_id, "trial", "failed", _stored(row), f"{message}\n{traceback.format_exc()[-4000:]}"
+    )
+    return message
+
+
+def continued(search, rows: dict[str, dict]) -> list[dict]:
+    """Rows that go to the full budget: by early metric, all or the top_k (pruned excluded)."""
+    key = f"early_{search.metric}"
+    ranked = sorted(
+        (r for r in rows.values() if r.get(key) is not None and not r.get("pruned")),
+        key=lambda r: (r[key], r["run_id"]),
+    )
+    return ranked if search.full_budget_for == "all" else ranked[: search.top_k]
+
+
+def _continue(search, store, out_dir, progress) -> None:
+    chosen = continued(search, trial_rows(store))
+    for position, row in enumerate(chosen, start=1):
+        if row["status"] == "finished":
+            continue
+        run = search_config.trial_run(search, row["params"], out_dir)
+        if run.run_id != row["run_id"]:
+            raise RuntimeError(f"run {row['run_id']} no longer matches its config: {row['params']}")
+        progress.full_started(position, len(chosen), row)
+        try:
+            summary = train_run(run, run.model_dir(out_dir))
+        except (KeyboardInterrupt, SearchInterrupted):
+            raise
+        except Exception as err:  # recorded; its early result stays; a rerun retries it
+            progress.trial_failed(row["trials"][0], _record_failure(store, run, out_dir, err))
+            continue
+        row = {**row, **_final_fields(summary), "status": "finished"}
+        store.record(run.run_id, "trial", "finished", _stored(row))
+        progress.full_done(row, search.metric)
+
+
+def counts(search, study: optuna.Study, store) -> dict:
+    """Trials by Optuna state, and runs by how far they trained."""
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    rows = trial_rows(store).values()
+    return {
+        "trials": _done(study),
+        "complete": states.count(TrialState.COMPLETE),
+        "pruned": states.count(TrialState.PRUNED),
+        "failed": sum(r["status"] == "failed" for r in rows),
+        "full_budget": sum(r["status"] == "finished" for r in rows),
+        "wanted_full_budget": len(continued(search, {r["run_id"]: r for r in rows})),
+    }
