@@ -51,10 +51,11 @@ PATTERNS = {
         "English: {english} German: {german} Is the German a translation? Yes or No?",
         ("No", "Yes"),
     ),
+    # Single-token verbalizers in the debian_l10n_ende vocabulary ("Yes" is two pieces).
     "tm_same": Pattern(
         "translation_match",
-        "{english} = {german} Same meaning? True or False?",
-        ("False", "True"),
+        "{english} = {german} Same or different?",
+        ("different", "same"),
     ),
     "tm_german": Pattern(
         "translation_match",

@@ -83,7 +83,7 @@ class RunSettings:
     """What every run of a study shares (gin: RunSettings.<field>; see gin/classify/*.gin)."""
 
     task: str = "translation_match"
-    pattern: str = "tm_question"
+    pattern: str = "tm_same"
     model_config: configs.ModelConfig = dataclasses.field(default_factory=configs.ModelConfig)
     vocabulary: str = "debian_l10n_ende"
     field_tokens: int = 24

@@ -20,7 +20,8 @@ import time
 import traceback
 
 import gin
-from ft_scaling.classify import adaptive, report, run, tasks
+from ft_scaling.classify import adaptive as adaptive_lib
+from ft_scaling.classify import report, run, tasks
 from ft_scaling.study import store as store_lib
 from ft_scaling.train import checkpoints
 
@@ -47,9 +48,9 @@ class ClassifyStudy:
     methods: tuple
     per_class: tuple = (16, 32, 64, 128)
     seeds: tuple = (0, 1, 2)
-    pretrain: adaptive.LMStage | None = None
+    pretrain: adaptive_lib.LMStage | None = None
     pretrain_task: str = "debian_l10n_pretrain_en_de"
-    adaptive: adaptive.LMStage | None = None
+    adaptive: adaptive_lib.LMStage | None = None
     pretrained_checkpoint: str | None = None
 
     def __post_init__(self):
@@ -86,7 +87,7 @@ def run_stages(study: ClassifyStudy, out_dir: str, store) -> dict:
     bases = {"pretrained": pretrained}
     if study.adaptive is not None:
         task = tasks.get_task(study.settings.task)
-        lm_task = adaptive.register_adaptive_task(task, study.settings.vocabulary)
+        lm_task = adaptive_lib.register_adaptive_task(task, study.settings.vocabulary)
         bases["adaptive"] = os.path.join(out_dir, "adaptive")
         _stage(store, "adaptive", study.adaptive, bases["adaptive"], lm_task, config, pretrained)
     return bases
@@ -94,7 +95,7 @@ def run_stages(study: ClassifyStudy, out_dir: str, store) -> dict:
 
 def _stage(store, name, stage, model_dir, lm_task, config, initial):
     sys.stderr.write(f"[classify] stage {name}: {stage.steps} LM steps in {model_dir}\n")
-    summary = adaptive.run_stage(stage, model_dir, lm_task, config, initial)
+    summary = adaptive_lib.run_stage(stage, model_dir, lm_task, config, initial)
     if summary.get("status") != "finished":
         raise RuntimeError(f"stage {name} stopped with status {summary.get('status')!r}")
     row = {
