@@ -45,16 +45,52 @@ def eval_step(trainable, frozen, batch, *, classifier):
     return classifier.log_probs(base.merge(trainable, frozen), batch)
 
 
+class ShardingsKey:
+    """The shardings of a pytree (None leaves kept), hashable: part of the compile-cache key."""
+
+    def __init__(self, tree):
+        self.tree = jax.tree.map(lambda x: x.sharding, tree)
+        leaves, treedef = jax.tree.flatten(self.tree, is_leaf=lambda x: x is None)
+        self._key = (treedef, tuple(leaves))
+
+    def __hash__(self):
+        return hash(self._key)
+
+    def __eq__(self, other):
+        return isinstance(other, ShardingsKey) and self._key == other._key
+
+
+def compiled_steps(classifier, optimizer_settings: tuple, mesh, rules, state, frozen):
+    """(train_fn, eval_fn), jitted once per classifier, optimizer and state layout.
+
+    The state keeps its input shardings on output (and is donated): were they left to jit, a
+    step's outputs could carry other (equivalent) shardings than the initial state, and the
+    second step would compile again.
+    """
+    return _compiled(
+        trainer.ModelKey(classifier),
+        optimizer_settings,
+        mesh,
+        rules,
+        ShardingsKey(state),
+        ShardingsKey(frozen),
+    )
+
+
 @functools.lru_cache(maxsize=16)
-def compiled_steps(classifier_key: trainer.ModelKey, optimizer_settings: tuple, mesh, rules):
-    """(train_fn, eval_fn) jitted once per classifier and optimizer; the state is donated."""
+def _compiled(classifier_key, optimizer_settings, mesh, rules, state_key, frozen_key):
     classifier = classifier_key.model
     optimizer = optimizers.optimizer(*optimizer_settings)
     train_fn = jax.jit(
         functools.partial(train_step, classifier=classifier, optimizer=optimizer),
+        in_shardings=(state_key.tree, frozen_key.tree, None, None),
+        out_shardings=(state_key.tree, None),
         donate_argnums=(0,),
     )
-    eval_fn = jax.jit(functools.partial(eval_step, classifier=classifier))
+    eval_fn = jax.jit(
+        functools.partial(eval_step, classifier=classifier),
+        in_shardings=(state_key.tree.params, frozen_key.tree, None),
+    )
     return _in_context(train_fn, mesh, rules), _in_context(eval_fn, mesh, rules)
 
 
