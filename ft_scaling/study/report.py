@@ -164,15 +164,27 @@ def saturation_section(document: dict) -> list[str]:
         "| method | factor | X | fitted D_f [interval] | empirical D_f | gain at largest |",
         "|---|---|---|---|---|---|",
     ]
-    for setting in settings:
-        method = setting["group"].get("method", "all")
-        for factor, per_value in setting["saturation"]["by_factor"].items():
-            for x, entry in per_value.items():
-                empirical = "–" if entry["empirical"] is None else f"{entry['empirical']:.4g}"
-                gain = entry.get("gain_at_largest")
-                gain = "–" if gain is None else f"{gain:.2%}"
-                cells = [method, factor, x, _saturation_cell(entry), empirical, gain]
-                lines.append("| " + " | ".join(cells) + " |")
+    entries = [
+        (setting["group"].get("method", "all"), factor, x, entry)
+        for setting in settings
+        for factor, per_value in setting["saturation"]["by_factor"].items()
+        for x, entry in per_value.items()
+    ]
+    for method, factor, x, entry in entries:
+        empirical = "–" if entry["empirical"] is None else f"{entry['empirical']:.4g}"
+        gain = entry.get("gain_at_largest")
+        gain = "–" if gain is None else f"{gain:.2%}"
+        cells = [method, factor, x, _saturation_cell(entry), empirical, gain]
+        lines.append("| " + " | ".join(cells) + " |")
+    at_start = sum(entry["status"] == "at range start" for *_, entry in entries)
+    if at_start:
+        lines += [
+            "",
+            f"{at_start} of {len(entries)} fitted curves gain less than {threshold:.2%} per "
+            "doubling already at D_f = 1 (shown as ≤ 1): by this threshold they are saturated "
+            "before any measured size. A smaller `saturation_threshold` in "
+            "report_settings.json locates where their gains fade.",
+        ]
     return lines + [""]
 
 

@@ -76,21 +76,28 @@ def open_study(search: search_config.Search, out_dir: str) -> optuna.Study:
         if search.pruner == "median"
         else optuna.pruners.NopPruner()
     )
-    study = optuna.create_study(
+    return optuna.create_study(
         storage=storage,
         study_name=search.name,
         direction="minimize",
+        sampler=sampler(search, 0),
         pruner=pruner,
         load_if_exists=True,
     )
-    # Reseeded by the trials so far: a resumed search must not replay the random draws of its
-    # first trials (they would propose configs it has already run).
-    study.sampler = optuna.samplers.TPESampler(
-        seed=search.seed + len(study.trials),
+
+
+def sampler(search: search_config.Search, position: int) -> optuna.samplers.TPESampler:
+    """TPE (multivariate) seeded by the trial's position in the search.
+
+    A sampler's only state is its random generator, so seeding it afresh per trial makes a
+    proposal a function of (seed, position, history): a resumed search proposes what an
+    uninterrupted one would have, rather than replaying the draws of its first trials.
+    """
+    return optuna.samplers.TPESampler(
+        seed=search.seed + position,
         multivariate=True,
         n_startup_trials=search.startup_trials,
     )
-    return study
 
 
 def run_search(search: search_config.Search, out_dir: str) -> dict:
@@ -164,6 +171,7 @@ def _recover(search, study: optuna.Study, store) -> None:
 
 def _explore(search, study, store, out_dir, progress) -> None:
     while (done := _done(study)) < search.trials:
+        study.sampler = sampler(search, done)
         trial = study.ask()
         values = search.space.suggest(trial)
         run = search_config.trial_run(search, values, out_dir)

@@ -107,25 +107,51 @@ def write_csv(rows: list[dict], metric: str, path: str) -> None:
 
 
 def plot(rows: list[dict], metric: str, result: RankAgreement | None, path: str) -> bool:
-    """Early vs final metric, one labelled point per run; False when no run has both."""
+    """Early vs final: the metric and the ranks Spearman compares, early top-k in orange;
+    False when no run has both."""
     both = [r for r in rows if r.get(f"final_{metric}") is not None]
     if not both:
         return False
     early = np.array([r[f"early_{metric}"] for r in both])
     final = np.array([r[f"final_{metric}"] for r in both])
-    best = top_k(early, OVERLAP_K)
-    figure = Figure(figsize=(5.0, 4.0), layout="constrained")
-    axes = figure.add_subplot()
+    k = min(OVERLAP_K, len(both))
+    best = top_k(early, k)
     colours = ["tab:orange" if i in best else "tab:blue" for i in range(len(both))]
-    axes.scatter(early, final, c=colours, s=24)
-    for row, x, y in zip(both, early, final, strict=True):
-        axes.annotate(f"#{row['trials'][0]}", (x, y), fontsize=7, xytext=(3, 3),
-                      textcoords="offset points")  # fmt: skip
-    axes.set(xlabel=f"early {metric}", ylabel=f"final {metric} (best of the run)")
+    figure = Figure(figsize=(9.0, 4.0), layout="constrained")
+    values, ranked = figure.subplots(1, 2)
+    early_rank, final_rank = stats.rankdata(early), stats.rankdata(final)
+    for axes, x, y in ((values, early, final), (ranked, early_rank, final_rank)):
+        axes.scatter(x, y, c=colours, s=24)
+        for row, xi, yi in zip(both, x, y, strict=True):
+            axes.annotate(f"#{row['trials'][0]}", (xi, yi), fontsize=7, xytext=(3, 3),
+                          textcoords="offset points")  # fmt: skip
+    values.set(xlabel=f"early {metric}", ylabel=f"final {metric} (best of the run)")
+    _zoom(values, both, early, final)
+    ranked.plot([1, len(both)], [1, len(both)], color="grey", lw=0.8, ls="--")
+    ranked.axhspan(0.5, k + 0.5, color="tab:orange", alpha=0.1)
+    ranked.set(xlabel="early rank", ylabel="final rank")
     if result is not None and math.isfinite(result.rho):
-        axes.set_title(f"Spearman ρ = {result.rho:.3f}; orange: early top-{result.k}", fontsize=9)
+        figure.suptitle(
+            f"Spearman ρ = {result.rho:.3f}; {result.overlap} of the early top {result.k} "
+            f"(orange) in the final top {result.k} (shaded)",
+            fontsize=10,
+        )
     figure.savefig(path, dpi=150)
     return True
+
+
+def _zoom(axes, rows: list[dict], early: np.ndarray, final: np.ndarray) -> None:
+    """Leaves far outliers (a diverged trial; beyond 3 IQR) off the metric panel, named in its
+    title, so that they do not squash the trials that matter."""
+    q1, q3 = np.percentile(early, [25, 75])
+    inside = early <= q3 + 3 * max(q3 - q1, 1e-12)
+    if inside.all() or inside.sum() < 2:
+        return
+    for set_limits, values in ((axes.set_xlim, early[inside]), (axes.set_ylim, final[inside])):
+        pad = 0.05 * max(float(np.ptp(values)), 1e-6)
+        set_limits(values.min() - pad, values.max() + pad)
+    off = ", ".join(f"#{r['trials'][0]}" for r, i in zip(rows, inside, strict=True) if not i)
+    axes.set_title(f"off scale: {off}", fontsize=8)
 
 
 def write_report(out_dir: str) -> str:

@@ -48,6 +48,7 @@ def test_saturation_rows_show_point_interval_empirical_and_gain():
         "| lora | model_params | 385344 | ≤ 1 [1, 3.5] | 25 | 0.40% |",
         "| fmt | pretrain_tokens | 51200 | not within 1e12 | – | 5.00% |",
     ]
+    assert lines[-2].startswith("1 of 3 fitted curves gain less than 1.00% per doubling")
 
 
 def test_no_saturation_in_the_document_means_no_section():

@@ -28,13 +28,21 @@ class Counter:
       sigterm_at_step: global train-step counts after which SIGTERM is sent to this process.
       interrupt_at_call: train_run call numbers (1-based) that raise KeyboardInterrupt
         before training, as a kill between runs would.
+      interrupt_tell: the early result (1-based) whose telling to Optuna is killed.
     """
 
-    def __init__(self, monkeypatch, sigterm_at_step=(), interrupt_at_call=()):
+    def __init__(self, monkeypatch, sigterm_at_step=(), interrupt_at_call=(), interrupt_tell=0):
         self.calls, self.steps = [], 0
         self._sigterm, self._interrupt = set(sigterm_at_step), set(interrupt_at_call)
-        self._attempts = 0
+        self._attempts, self._tells = 0, 0
         real_train_run, real_jit_steps = search.train_run, trainer.jit_steps
+        real_tell = search._tell_early
+
+        def tell_early(*args):
+            self._tells += 1
+            if self._tells == interrupt_tell:  # the row is written, Optuna not yet told
+                raise KeyboardInterrupt
+            return real_tell(*args)
 
         def train_run(run, model_dir, budget_fraction=1.0):
             self._attempts += 1
@@ -56,6 +64,7 @@ class Counter:
             return counted, eval_fn
 
         monkeypatch.setattr(search, "train_run", train_run)
+        monkeypatch.setattr(search, "_tell_early", tell_early)
         monkeypatch.setattr(trainer, "jit_steps", jit_steps)
 
 
@@ -135,17 +144,20 @@ def test_rerunning_a_finished_search_trains_nothing(reference, monkeypatch):
     assert _by_params(out) == rows
 
 
-def test_killed_three_times_then_rerun_equals_uninterrupted(reference, tmp_path, monkeypatch):
+def test_killed_four_times_then_rerun_equals_uninterrupted(reference, tmp_path):
     ref_dir, _, ref_rows, _, _ = reference
     config = _search(_base_binding(ref_dir))
     # Each trial: 4 early steps, 4 more to its full budget. The kills, one per process:
-    #   1. SIGTERM after the 2nd early step of trial 3 (steps 4 + 4 + 2 of the process);
-    #   2. trial 3's early phase resumes (2 steps), continuation 1 runs, and the process is
-    #      killed before continuation 2 starts (its 3rd train_run call);
-    #   3. continuation 2 runs, SIGTERM after 2 steps of continuation 3 (steps 4 + 2);
-    #   4. continuation 3 resumes for its last 2 steps.
+    #   1. SIGTERM after the 2nd early step of trial 2 (steps 4 + 2 of the process);
+    #   2. trial 2 resumes its last 2 early steps; the kill comes after its row is written,
+    #      before Optuna is told;
+    #   3. Optuna is told from the row (no training), trial 3 trains, continuation 1 runs, and
+    #      the process is killed before continuation 2 starts (its 3rd train_run call);
+    #   4. continuation 2 runs, SIGTERM after 2 steps of continuation 3 (steps 4 + 2);
+    #   5. continuation 3 resumes for its last 2 steps.
     plans = [
-        {"sigterm_at_step": [4 + 4 + 2]},
+        {"sigterm_at_step": [4 + 2]},
+        {"interrupt_tell": 1},
         {"interrupt_at_call": [3]},
         {"sigterm_at_step": [4 + 2]},
         {},
@@ -163,6 +175,8 @@ def test_killed_three_times_then_rerun_equals_uninterrupted(reference, tmp_path,
         steps += counter.steps
         assert finished == (plan == {})
     assert counts["trials"] == 3 and counts["full_budget"] == 3
+    # Proposals depend on (seed, position, history) only, so the resumed search sampled what
+    # the uninterrupted one did, and trained it to the same numbers.
     rows = _by_params(str(tmp_path))
     assert sorted(rows) == sorted(ref_rows)
     for key, row in rows.items():
@@ -170,7 +184,7 @@ def test_killed_three_times_then_rerun_equals_uninterrupted(reference, tmp_path,
             assert row[metric] == ref_rows[key][metric], metric
     # No step was trained twice: a preempted run resumed from its checkpoint.
     assert steps == sum(r["total_steps"] for r in ref_rows.values())
-    # 3 early + 3 continuations, plus the 2 that were preempted and resumed.
+    # 3 early phases + 3 continuations, plus the 2 preempted calls that were resumed.
     assert len(calls) == 8
     assert sum(1 for c in calls if c[2] == 1.0) == 4
 
@@ -189,6 +203,7 @@ def test_top_k_and_median_pruner_continue_only_unpruned_best(reference, tmp_path
         assert bool(row.get("pruned")) == expect_pruned
         if not expect_pruned:
             kept.append(row["early_dev_loss"])
+    assert any(r.get("pruned") for r in rows)  # on these numbers trial 2 is pruned
     best = min((r for r in rows if not r.get("pruned")), key=lambda r: r["early_dev_loss"])
     assert [r["status"] for r in rows] == ["finished" if r is best else "early" for r in rows]
     assert all(r.get("final_dev_loss") is None for r in rows if r is not best)
