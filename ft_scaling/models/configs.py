@@ -8,6 +8,8 @@ import dataclasses
 
 import gin
 
+REMAT_POLICIES = ("full", "dots")
+
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +29,10 @@ class ModelConfig:
       rope_max_wavelength: RoPE base.
       dtype: compute dtype of activations ('float32' or 'bfloat16'); params stay float32.
       remat: rematerialise each block in the backward pass (saves memory on large sizes).
+      remat_policy: what a rematerialised block keeps from its forward pass (REMAT_POLICIES):
+        'full' keeps only the block's input (least memory, one extra forward pass);
+        'dots' also keeps every weight matmul's output and recomputes only norms, RoPE, SwiGLU's
+        gate and the attention (jax.checkpoint_policies.dots_with_no_batch_dims_saveable).
     """
 
     vocab_size: int = 4096
@@ -41,6 +47,7 @@ class ModelConfig:
     rope_max_wavelength: float = 10_000.0
     dtype: str = "float32"
     remat: bool = False
+    remat_policy: str = "full"
 
     def __post_init__(self):
         positive = ("vocab_size", "num_layers", "num_heads", "num_kv_heads", "head_dim")
@@ -56,6 +63,10 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.head_dim={self.head_dim} must be even for RoPE")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"ModelConfig.dtype={self.dtype!r}; allowed: 'float32', 'bfloat16'")
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(
+                f"ModelConfig.remat_policy={self.remat_policy!r}; allowed: {REMAT_POLICIES}"
+            )
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"ModelConfig.dropout_rate={self.dropout_rate} not in [0, 1)")
 

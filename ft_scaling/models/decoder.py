@@ -206,7 +206,10 @@ class Decoder(nn.Module):
             nn.with_logical_partitioning(init, (axes.VOCAB, axes.EMBED)),
             (cfg.vocab_size, cfg.embed_dim),
         )
-        block = nn.remat(Block, static_argnums=(4, 5)) if cfg.remat else Block
+        block = Block
+        if cfg.remat:
+            policy = _REMAT_POLICIES[cfg.remat_policy]
+            block = nn.remat(Block, static_argnums=(4, 5), policy=policy)
         self.layers = [
             block(cfg, self.projection, name=f"layers_{i}") for i in range(cfg.num_layers)
         ]
@@ -281,6 +284,12 @@ class Decoder(nn.Module):
             logits = self.logits_projection(x)
         logits = nn.with_logical_constraint(logits, (axes.BATCH, axes.LENGTH, axes.VOCAB))
         return logits.astype(jnp.float32)
+
+
+_REMAT_POLICIES = {
+    "full": None,  # jax.checkpoint's default: save nothing but the inputs
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 def _prepend(x, positions, segment_ids, prefix_embeddings):
