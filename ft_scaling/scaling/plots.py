@@ -66,6 +66,21 @@ def _mark_saturation(axes, law, params, saturation, colour, d_limits) -> None:
                  edgecolors="black", linewidths=0.4)  # fmt: skip
 
 
+def _mark_saturations(axes, fits, saturations, colour_of: dict, d_limits) -> None:
+    """Each curve's saturation mark (`_mark_saturation`) and their legend entry."""
+    if not saturations:
+        return
+    by_x = {s.x: s for s in saturations}
+    for fit_ in fits:
+        law = laws.get_law(fit_.law)
+        for value in np.unique(fit_.points.x):
+            if float(value) in by_x:
+                colour = colour_of[float(value)]
+                _mark_saturation(axes, law, fit_.params, by_x[float(value)], colour, d_limits)
+    label = f"saturation ({saturations[0].threshold:.0%}/doubling)"
+    axes.scatter([], [], color="grey", marker="*", s=60, label=label)
+
+
 def plot_factor_fit(
     fits: Sequence[FactorFit],
     title: str,
@@ -86,7 +101,6 @@ def plot_factor_fit(
     values = sorted({float(v) for f in fits for v in f.points.x})
     cmap = _colours(len(values))
     d_limits = _d_limits(fits, saturations)
-    by_x = {round(s.x, 6): s for s in saturations}
     for fit_ in fits:
         law = laws.get_law(fit_.law)
         points = fit_.points
@@ -99,12 +113,7 @@ def plot_factor_fit(
             fitting, held = at & ~points.held_out, at & points.held_out
             axes.scatter(points.d_f[fitting], points.loss[fitting], color=colour, marker="o", s=18)
             axes.scatter(points.d_f[held], points.loss[held], color=colour, marker="^", s=30)
-            if round(float(value), 6) in by_x:
-                _mark_saturation(axes, law, fit_.params, by_x[round(float(value), 6)], colour,
-                                 d_limits)  # fmt: skip
-    if saturations:
-        axes.scatter([], [], color="grey", marker="*", s=60,
-                     label=f"saturation ({saturations[0].threshold:.0%}/doubling)")  # fmt: skip
+    _mark_saturations(axes, fits, saturations, dict(zip(values, cmap, strict=True)), d_limits)
     axes.set_xscale("log")
     axes.set_yscale("log")
     axes.set_xlabel("finetuning examples $D_f$")

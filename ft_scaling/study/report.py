@@ -155,11 +155,10 @@ def saturation_section(document: dict) -> list[str]:
     lines = [
         "## Saturation: how much data is enough?",
         "",
-        f"D_f from which one more doubling of the finetuning data lowers the test loss by less "
-        f"than {threshold:.2%} (relative): from the fitted law [95% bootstrap interval over "
-        "the refitted replicates], and from the measured points (the smallest measured D_f "
-        "from which every further measured doubling gains less; – when the largest still "
-        "gains more). Gain at largest: the law's gain per doubling at the largest measured D_f.",
+        f"D_f from which one more doubling of the data lowers the test loss by less than "
+        f"{threshold:.2%} (relative): fitted [95% bootstrap interval], and measured (the "
+        "smallest D_f from which every further measured doubling gains less; – when the "
+        "largest still gains more). Gain at largest: the law's gain at the largest D_f.",
         "",
         "| method | factor | X | fitted D_f [interval] | empirical D_f | gain at largest |",
         "|---|---|---|---|---|---|",

@@ -42,6 +42,8 @@ class Search:
       startup_trials: random trials before TPE models the results.
       pruner: 'none' or 'median' (Optuna's MedianPruner on the early metric).
       pretrain_bindings, finetune_bindings, gin_files: as in `sweep.Study`.
+      method_bindings: bindings of the method, after finetune_bindings (e.g. a prompt's
+        vocabulary range for the tiny models).
     """
 
     name: str
@@ -61,6 +63,7 @@ class Search:
     pruner: str = "none"
     pretrain_bindings: tuple[str, ...] = ()
     finetune_bindings: tuple[str, ...] = ()
+    method_bindings: tuple[str, ...] = ()
     gin_files: tuple[str, ...] = ()
 
     def __post_init__(self):
@@ -122,6 +125,7 @@ def trial_run(search: Search, values: dict, out_dir: str) -> sweep.Run:
         f"FINETUNE_EXAMPLES={search.finetune_examples}",
         f"SEED={search.seed}",
         *search.finetune_bindings,
+        *search.method_bindings,
         *search_space.bindings(values),
     ]
     files = [search.base_model.model_gin, sweep.FINETUNE_GIN, search.method_gin, *search.gin_files]

@@ -122,3 +122,14 @@ def test_run_ids_follow_the_config_not_the_search_directory():
     assert here.bindings[-2:] == ("LEARNING_RATE = 0.01", "WARMUP_STEPS = 1")
     assert here.depends_on == search_config.pretrain_run(config, "/a/out").run_id
     assert math.isclose(config.early_fraction, 0.5) and config.method == "lora"
+
+
+@pytest.mark.parametrize("name", ["demo", "demo_prompt"])
+def test_the_shipped_searches_bind_every_key(name, tmp_path):
+    flags.parse_gin([f"gin/searches/{name}.gin"], [])
+    config = search_config.Search()
+    assert config.trials >= 16 and config.early_fraction == 0.2
+    assert config.full_budget_for == "all"  # the rank-correlation check sees every trial
+    search_config.check_space(config, str(tmp_path))  # raises on a key gin cannot bind
+    method = {"demo": "LORA_RANK", "demo_prompt": "PROMPT_LENGTH"}[name]
+    assert method in config.space.params and "LEARNING_RATE" in config.space.params

@@ -144,6 +144,24 @@ def test_rerunning_a_finished_search_trains_nothing(reference, monkeypatch):
     assert _by_params(out) == rows
 
 
+def _run_with_kills(config, out_dir: str, plans: list[dict]):
+    """Runs the search once per plan (a fresh "process" each); only the last may finish.
+    Returns (counts of the last run, every train_run call, train steps in all)."""
+    calls, steps = [], 0
+    for plan in plans:
+        with pytest.MonkeyPatch.context() as patch:
+            counter = Counter(patch, **plan)
+            try:
+                counts = search.run_search(config, out_dir)
+                finished = True
+            except (search.SearchInterrupted, KeyboardInterrupt):
+                finished = False
+        calls += counter.calls
+        steps += counter.steps
+        assert finished == (plan == {})
+    return counts, calls, steps
+
+
 def test_killed_four_times_then_rerun_equals_uninterrupted(reference, tmp_path):
     ref_dir, _, ref_rows, _, _ = reference
     config = _search(_base_binding(ref_dir))
@@ -162,18 +180,7 @@ def test_killed_four_times_then_rerun_equals_uninterrupted(reference, tmp_path):
         {"sigterm_at_step": [4 + 2]},
         {},
     ]
-    calls, steps = [], 0
-    for plan in plans:
-        with pytest.MonkeyPatch.context() as patch:
-            counter = Counter(patch, **plan)
-            try:
-                counts = search.run_search(config, str(tmp_path))
-                finished = True
-            except (search.SearchInterrupted, KeyboardInterrupt):
-                finished = False
-        calls += counter.calls
-        steps += counter.steps
-        assert finished == (plan == {})
+    counts, calls, steps = _run_with_kills(config, str(tmp_path), plans)
     assert counts["trials"] == 3 and counts["full_budget"] == 3
     # Proposals depend on (seed, position, history) only, so the resumed search sampled what
     # the uninterrupted one did, and trained it to the same numbers.
