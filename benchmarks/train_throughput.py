@@ -21,7 +21,9 @@ A LoRA step skips the weight gradients of frozen matmuls: 4 per frozen weight + 
 
 Memory: ours = XLA's account of the compiled step (arguments + outputs + temporaries - donated);
 both frameworks also get the growth of the resident set in a fresh process from before the model
-exists to the steady-state peak of later steps (`--memory`, one subprocess per variant).
+exists to the steady-state peak of later steps (`--memory`, one subprocess per variant). Our
+LoRA vs FMT peak is also tabulated without and with remat (policies 'dots', 'full') under both
+XLA:CPU schedulers (`--remat_memory 110m`, compile only).
 """
 
 import argparse
@@ -243,6 +245,47 @@ def _memory_child(spec: str) -> None:
     print(json.dumps({"rss_growth_mib": (peak - baseline) / 1024}))
 
 
+REMAT_VARIANTS = (("fmt", None), ("lora", None), ("lora", "dots"), ("lora", "full"))
+MEMORY_SCHEDULER = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+
+
+def remat_memory(size: str) -> None:
+    """XLA's peak (MiB) of our FMT and LoRA steps, without and with remat, per XLA:CPU scheduler.
+
+    The scheduler is a process-wide XLA flag (per-jit `compiler_options` do not reach it on
+    CPU), so each scheduler compiles in its own subprocess.
+    """
+    print(f"\n{size}: XLA peak MiB of our float32 steps (static; compile only)")
+    print(f"{'scheduler':22} " + " ".join(f"{_remat_name(*v):>14}" for v in REMAT_VARIANTS))
+    for label, flags in (("default (concurrency)", ""), ("memory-aware", MEMORY_SCHEDULER)):
+        env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " " + flags).strip())
+        argv = [sys.executable, __file__, "--_remat_memory_of", size]
+        done = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+        if done.returncode or not lines:
+            raise RuntimeError(f"remat memory run failed:\n{done.stderr[-2000:]}")
+        peaks = json.loads(lines[-1])
+        cells = [
+            f"{peaks[_remat_name(*v)]:>7.0f} ({peaks[_remat_name(*v)] / peaks['fmt']:.2f})"
+            for v in REMAT_VARIANTS
+        ]
+        print(f"{label:22} " + " ".join(f"{cell:>14}" for cell in cells))
+
+
+def _remat_name(method: str, policy: str | None) -> str:
+    return method if policy is None else f"{method}+remat:{policy}"
+
+
+def _remat_memory_child(size: str) -> None:
+    peaks = {}
+    for method, policy in REMAT_VARIANTS:
+        config = llama_shapes.SHAPES[size]
+        if policy:
+            config = dataclasses.replace(config, remat=True, remat_policy=policy)
+        peaks[_remat_name(method, policy)] = ours(config, method, "float32").static_peak_bytes / MIB
+    print(json.dumps(peaks))
+
+
 def _proc_status(key: str) -> int:
     with open("/proc/self/status") as handle:
         for line in handle:
@@ -280,16 +323,20 @@ def report(size, variants: list[Variant], peaks: dict, memory: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", nargs="+", default=["25m", "110m"])
+    parser.add_argument("--sizes", nargs="*", default=["25m", "110m"])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--methods", nargs="+", default=["fmt", "lora"])
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--steps", type=int, default=4, help="per round; the first is dropped")
     parser.add_argument("--memory", type=int, default=1, help="also measure RSS per variant")
+    parser.add_argument("--remat_memory", nargs="*", default=["110m"], help="sizes")
     parser.add_argument("--_memory_of", help=argparse.SUPPRESS)
+    parser.add_argument("--_remat_memory_of", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._memory_of:
         return _memory_child(args._memory_of)
+    if args._remat_memory_of:
+        return _remat_memory_child(args._remat_memory_of)
     from ft_scaling.train import host_memory
 
     host_memory.keep_freed_memory()  # as the trainer does; applies to torch in this process too
@@ -310,6 +357,8 @@ def main() -> None:
                 memory[variant.name] = measure_memory(size, framework, method, dtype)
         report(size, variants, peaks, memory)
         del variants
+    for size in args.remat_memory:
+        remat_memory(size)
 
 
 if __name__ == "__main__":
