@@ -111,8 +111,7 @@ def run_stage(
       stage: steps, batch, rate and row length.
       model_dir: the stage's MODEL_DIR (checkpoints, metrics, summary.json).
       lm_task: a registered seqio task with a `targets` feature.
-      model_config: the decoder's shapes (the study's model gin).
-      initial_checkpoint: the LM to continue from (None: from scratch).
+      model_config: the decoder's shapes; initial_checkpoint: the LM to continue (or None).
       seed: data order and initialisation seed.
     """
     summary = _finished(model_dir)

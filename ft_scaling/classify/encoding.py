@@ -112,14 +112,9 @@ def candidate_arrays(
     labels: Sequence[int],
     length: int,
 ) -> dict:
-    """Candidate rows of every (example, class) pair.
-
-    Returns:
-      inputs/segment_ids/positions [n, classes, length]: the decoder's input rows;
-      target_positions/target_ids/target_weights [n, classes, V] (V = longest verbalizer):
-        the positions whose next-token prediction is a verbalizer token, that token, and 1
-        (0 pads a shorter verbalizer); labels [n].
-    """
+    """Candidate rows of every (example, class) pair: inputs/segment_ids/positions
+    [n, classes, length]; target_positions/target_ids/target_weights [n, classes, V] (V = the
+    longest verbalizer; weight 0 pads a shorter one); labels [n]."""
     classes, width = len(verbalizers), max(len(v) for v in verbalizers)
     shape = (len(prompts), classes, length)
     inputs, segments = np.zeros(shape, np.int32), np.zeros(shape, np.int32)

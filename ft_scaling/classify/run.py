@@ -106,6 +106,14 @@ class RunSettings:
             raise ValueError(
                 f"RunSettings.optimizer={self.optimizer!r}; allowed: {optimizers.OPTIMIZERS}"
             )
+        if self.schedule not in optimizers.SCHEDULES:
+            raise ValueError(
+                f"RunSettings.schedule={self.schedule!r}; allowed: {optimizers.SCHEDULES}"
+            )
+        sizes = ("field_tokens", "sequence_length", "icl_sequence_length", "batch_size")
+        for name in (*sizes, "eval_batch_size", "unlabeled_examples"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"RunSettings.{name}={getattr(self, name)} must be positive")
 
 
 @dataclasses.dataclass
@@ -125,6 +133,8 @@ def _base_params(path: str):
     """Host params of a base checkpoint, read once per process (a study reuses a few bases)."""
     key = (os.path.abspath(path), os.path.getmtime(os.path.join(path, "checkpoints")))
     if key not in _BASES:
+        if len(_BASES) >= 4:  # a study has two bases; tests and sessions may see more
+            _BASES.pop(next(iter(_BASES)))
         _BASES[key] = jax.tree.map(np.asarray, checkpoints.load_params(path)[0])
     return _BASES[key]
 
@@ -314,16 +324,23 @@ def run(spec: MethodSpec, settings: RunSettings, per_class: int, seed: int, base
     )
     state, losses = _train(ctx, model, subset, unlabeled, demos)
     row = _row(spec, task, per_class, seed, model.trainable_params, losses)
-    for name, eval_set in _eval_sets(ctx).items():
-        examples = tasks.load_examples(task, eval_set, settings.eval_examples)
-        arrays = ctx.arrays(examples, demos if spec.kind == "icl" else (), spec.kind == "icl")
-        result = metrics.scores(
-            ctx.predict(model, state.params, arrays), arrays["labels"], eval_set.binary
-        )
-        row.update({f"{name}_{k}": v for k, v in result.items()})
-        row[f"{name}_metric"] = result[task.metric]
+    row.update(_evaluate(ctx, model, state.params, demos))
     row["wall_time"] = time.time() - start
     return row
+
+
+def _evaluate(ctx: _Context, model: _Model, params, demos) -> dict:
+    """{in_domain_|ood_}{accuracy, matthews, examples, metric}; ICL keeps its demonstrations."""
+    icl = ctx.spec.kind == "icl"
+    out = {}
+    for name, eval_set in _eval_sets(ctx).items():
+        examples = tasks.load_examples(ctx.task, eval_set, ctx.settings.eval_examples)
+        arrays = ctx.arrays(examples, demos if icl else (), long=icl)
+        log_probs = ctx.predict(model, params, arrays)
+        result = metrics.scores(log_probs, arrays["labels"], eval_set.binary)
+        out.update({f"{name}_{k}": v for k, v in result.items()})
+        out[f"{name}_metric"] = result[ctx.task.metric]
+    return out
 
 
 def _row(spec, task, per_class, seed, trainable_params, losses) -> dict:
