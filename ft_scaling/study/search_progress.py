@@ -72,6 +72,8 @@ class Progress:
     def full_started(self, position: int, total: int, row: dict) -> None:
         self._started, self._continued = time.time(), position - 1
         self._continuations = total
+        if not self._steps_left:  # a resumed search: no early phase ran in this process
+            self._steps_left.append(row["total_steps"] - row["early_step"])
         self.say(
             f"full budget {position}/{total}: trial #{row['trials'][0]} from step "
             f"{row['early_step']} to {row['total_steps']}"

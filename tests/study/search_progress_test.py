@@ -50,3 +50,13 @@ def test_eta_is_unknown_before_a_phase_and_counts_down_in_continuations(monkeypa
     clock.now += 9.0
     progress.full_done(_row(5, 25), "dev_loss")
     assert progress.eta() == "0m00s"
+
+
+def test_a_resumed_search_estimates_continuations_from_them(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(search_progress.time, "time", clock)
+    progress = search_progress.Progress("t", trials=3, continuations=3, stream=io.StringIO())
+    progress.full_started(2, 3, _row(5, 25))  # trials and continuation 1 ran before the kill
+    clock.now += 10.0
+    progress.full_done(_row(5, 25), "dev_loss")
+    assert progress.eta() == "0m10s"  # one continuation of 20 steps left, measured at 10 s
