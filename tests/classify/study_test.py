@@ -48,8 +48,12 @@ def _study(extra=()):
 
 def test_study_runs_resumes_and_reports(tmp_path):
     out = str(tmp_path / "study")
-    counts = study.run_study(_study(), out)
-    assert (counts["finished"], counts["failed"], counts["total"]) == (2, 0, 2)
+    flags_ = [
+        f"--gin.{key.strip()}={value.strip()}"
+        for key, value in (binding.split("=", 1) for binding in BINDINGS)
+    ]
+    assert classify_main.main(["study", f"--gin_file={STUDY_GIN}", f"--out={out}", *flags_]) == 0
+    assert "ClassifyStudy.pretrain = None" in open(os.path.join(out, "config.gin")).read()
     assert os.path.exists(os.path.join(out, "adaptive", "summary.json"))
     report = open(os.path.join(out, "report.md")).read()
     assert "| method | kind | tuning | base | 2/class |" in report
@@ -70,3 +74,11 @@ def test_study_runs_resumes_and_reports(tmp_path):
 def test_cli_usage_errors():
     assert classify_main.main([]) == 2
     assert classify_main.main(["study", "--out=/tmp/x"]) == 2
+
+
+@pytest.mark.parametrize("task, ood", [("mnli", "mnli_mismatched"), ("cola", "cola_ood")])
+def test_glue_task_gins_override_the_study_settings(task, ood):
+    flags.parse_gin([STUDY_GIN, f"gin/classify/tasks/{task}.gin"], [])
+    spec = study.ClassifyStudy()
+    assert (spec.settings.task, spec.settings.ood_set) == (task, ood)
+    assert spec.settings.pattern.startswith(task) and len(spec.methods) == 7
