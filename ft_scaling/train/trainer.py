@@ -83,12 +83,11 @@ def create_state(params, mask, optimizer_settings: tuple, rng, mesh) -> tuple:
     trainable, frozen = base.split(params, mask)
     repl = partitioning.replicated(mesh)
     opt_state = _optimizer(optimizer_settings)[1](trainable)
+    # Every leaf committed to a mesh sharding: an uncommitted leaf (a scalar count, or any
+    # leaf on a one-device mesh) would make the step's second call, whose inputs are the first
+    # call's committed outputs, compile the step a second time.
     opt_state = jax.tree.map(
-        lambda x: (
-            x
-            if len(x.sharding.device_set) > 1 or len(mesh.devices.flat) == 1
-            else jax.device_put(x, repl)
-        ),
+        lambda x: jax.device_put(x, x.sharding if len(x.sharding.device_set) > 1 else repl),
         opt_state,
     )
     step = jax.device_put(jnp.array(0, jnp.int32), repl)
