@@ -22,16 +22,25 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
-def dot_product_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
-    """softmax(q k^T / sqrt(d) masked) v, computed per kv head group; returns q's shape."""
+def dot_product_attention(
+    q: Array, k: Array, v: Array, mask: Array, kv_layout: str = "length_first"
+) -> Array:
+    """softmax(q k^T / sqrt(d) masked) v, computed per kv head group; returns q's shape.
+
+    kv_layout 'heads_first' takes k and v as [batch, kv_heads, kv_len, head_dim] (the KV
+    cache's layout) instead of [batch, kv_len, kv_heads, head_dim].
+    """
+    if kv_layout not in ("length_first", "heads_first"):
+        raise ValueError(f"kv_layout={kv_layout!r}; allowed: 'length_first', 'heads_first'")
     batch, q_len, heads, head_dim = q.shape
-    kv_heads = k.shape[2]
+    if kv_layout == "length_first":
+        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [b, kvh, s, d]
+    kv_heads = k.shape[1]
     group = heads // kv_heads
     # [b, t, kvh * g, d] -> [b, kvh, g * t, d]: the g query heads of a kv head as one matrix.
     qg = q.reshape(batch, q_len, kv_heads, group, head_dim).transpose(0, 2, 3, 1, 4)
     qg = qg.reshape(batch, kv_heads, group * q_len, head_dim)
-    kg, vg = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [b, kvh, s, d]
-    out = _attend(qg, kg, vg, mask, group)  # [b, kvh, g * t, d]
+    out = _attend(qg, k, v, mask, group)  # [b, kvh, g * t, d]
     out = out.reshape(batch, kv_heads, group, q_len, head_dim).transpose(0, 3, 1, 2, 4)
     return out.reshape(batch, q_len, heads, head_dim)
 

@@ -114,12 +114,14 @@ class Attention(nn.Module):
         q = nn.with_logical_constraint(q, (axes.BATCH, axes.LENGTH, axes.HEADS, axes.KV))
         if decode:
             k, v, mask = self._update_cache(k, v, segment_ids)
+            layout = "heads_first"  # the cache is stored [b, kv_heads, slots, d]
         else:
             same_segment = segment_ids[:, :, None] == segment_ids[:, None, :]
             length = x.shape[1]
             causal = jnp.tril(jnp.ones((length, length), dtype=bool))
             mask = (same_segment & causal)[:, None]  # [b, 1, q, k]
-        out = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
+            layout = "length_first"
+        out = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, kv_layout=layout)
         out = nn.with_logical_constraint(out, (axes.BATCH, axes.LENGTH, axes.HEADS, axes.KV))
         return proj((nq, hd), (d,), (axes.HEADS, axes.KV, axes.EMBED), name="out")(out)
 
@@ -128,10 +130,14 @@ class Attention(nn.Module):
 
         The cache is created at init with the length of the init call's input (the maximum
         sequence length). Slot j is visible to query t of this call when j <= index + t and slot
-        j holds a real token (its segment id is not 0).
+        j holds a real token (its segment id is not 0). Keys and values are stored head-major,
+        [batch, kv_heads, slots, head_dim], the layout attention multiplies in: a decode step
+        then writes one slot per head instead of transposing the whole cache (on CPU those
+        transposes were ~12% of a 110M model's decode step).
         """
         batch, length = k.shape[:2]
-        cache_axes = (axes.BATCH, axes.CACHE_LENGTH, axes.KV_HEADS, axes.KV)
+        cache_axes = (axes.BATCH, axes.KV_HEADS, axes.CACHE_LENGTH, axes.KV)
+        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [b, kvh, length, d]
         initialized = self.has_variable("cache", "cached_key")
         ck = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
         cv = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
@@ -141,12 +147,12 @@ class Attention(nn.Module):
             mask = jnp.ones((batch, 1, length, length), dtype=bool)
             return k, v, mask
         start = index.value
-        ck.value = jax.lax.dynamic_update_slice(ck.value, k, (0, start, 0, 0))
-        cv.value = jax.lax.dynamic_update_slice(cv.value, v, (0, start, 0, 0))
+        ck.value = jax.lax.dynamic_update_slice(ck.value, k, (0, 0, start, 0))
+        cv.value = jax.lax.dynamic_update_slice(cv.value, v, (0, 0, start, 0))
         seg = segment_ids.astype(jnp.int32)
         cseg.value = jax.lax.dynamic_update_slice(cseg.value, seg, (0, start))
         index.value = start + length
-        slots = jnp.arange(ck.value.shape[1])
+        slots = jnp.arange(ck.value.shape[2])
         visible = slots[None, :] <= (start + jnp.arange(length))[:, None]  # [q, slots]
         mask = visible[None, None] & (cseg.value != 0)[:, None, None, :]
         keys = nn.with_logical_constraint(ck.value, cache_axes)

@@ -112,7 +112,7 @@ def test_cached_decoding_matches_full_forward(kit):
     full = jax.jit(model.apply)({"params": params}, tokens)
     cache = jax.jit(lambda t: model.init(jax.random.PRNGKey(0), t, decode=True)["cache"])(tokens)
     cached_key = cache["layers_0"]["attention"]["cached_key"]
-    assert nn.meta.unbox(cached_key).shape[1] == PROMPT_LENGTH + 10  # prompt + max length
+    assert nn.meta.unbox(cached_key).shape[2] == PROMPT_LENGTH + 10  # prompt + max length
     prefill = jax.jit(lambda v, t: model.apply(v, t, decode=True, mutable=["cache"]))
     out, state = prefill({"params": params, "cache": cache}, tokens[:, :6])
     step = jax.jit(

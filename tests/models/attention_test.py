@@ -58,3 +58,15 @@ def test_bfloat16_close_to_float32():
     np.testing.assert_allclose(got.astype(jnp.float32), want, atol=0.05, rtol=0.05)
     grad = jax.grad(lambda q: jnp.sum(attention.dot_product_attention(q, *bf16[1:], mask)))
     assert grad(bf16[0]).dtype == jnp.bfloat16
+
+
+def test_heads_first_kv_layout_equals_length_first():
+    """The KV cache's [b, kv_heads, s, d] layout gives the same output as [b, s, kv_heads, d]."""
+    q, k, v, mask = _inputs(4, 2)
+    want = attention.dot_product_attention(q, k, v, mask)
+    got = attention.dot_product_attention(
+        q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask, kv_layout="heads_first"
+    )
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="kv_layout='bshd'; allowed"):
+        attention.dot_product_attention(q, k, v, mask, kv_layout="bshd")
