@@ -15,11 +15,10 @@ often a step runs it, and summed: the GEMM time a step could not go below with t
 import argparse
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import llama_shapes  # noqa: E402
+from benchmarks import llama_shapes, train_throughput  # noqa: E402
 from benchmarks.train_throughput import BATCH, LENGTH  # noqa: E402
 
 
@@ -94,13 +93,8 @@ def torch_timer(kind: str, lhs: tuple, rhs: tuple, repeats: int) -> float:
 
 
 def _best(fn, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+    fn()  # warm-up (compilation, first touch)
+    return train_throughput._best(fn, repeats)
 
 
 def main() -> None:
