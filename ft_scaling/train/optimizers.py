@@ -4,6 +4,8 @@ The paper pretrains and finetunes with Adafactor and cosine decay (PAPER.md §1,
 decays 0.01 -> 0.001; finetuning reuses the schedule with a per-method peak rate.
 """
 
+import dataclasses
+
 import optax
 
 SCHEDULES = ("constant", "rsqrt", "cosine")
@@ -42,6 +44,32 @@ def schedule(
     if warmup_steps == 0:
         return after
     return optax.join_schedules([warmup, after], [warmup_steps])
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSettings:
+    """The optimizer of a run, hashable: part of the compiled step's cache key.
+
+    Runs with equal settings share one compiled step whatever their peak rate or schedule
+    (the rate is an argument of the step, see `optimizer`).
+    """
+
+    kind: str = "adafactor"
+    weight_decay: float = 0.0
+    clip_norm: float | None = 1.0
+    b1: float = 0.9
+    b2: float = 0.999
+
+    def __post_init__(self):
+        if self.kind not in OPTIMIZERS:
+            raise ValueError(f"optimizer kind {self.kind!r}; allowed: {OPTIMIZERS}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay={self.weight_decay} must be >= 0")
+        if self.clip_norm is not None and self.clip_norm < 0:
+            raise ValueError(f"clip_norm={self.clip_norm} must be > 0, or 0/None for no clipping")
+
+    def build(self) -> optax.GradientTransformation:
+        return optimizer(self.kind, self.weight_decay, self.clip_norm, self.b1, self.b2)
 
 
 def optimizer(

@@ -1,0 +1,125 @@
+"""File access of the package: atomic writes, the operative gin config, the run fingerprint.
+
+Every file ft-scaling writes (summaries, plans, reports, CSV tables, predictions, the operative
+config) goes through this module, on `etils.epath` paths, so a local directory and a `gs://`
+bucket are handled alike and a storage change touches one module. Checkpoints are the exception:
+orbax writes them itself (train/checkpoints.py).
+
+    atomic_write_text(path, text)        temp file beside the target, then rename: a reader or
+    atomic_write_json(path, obj)         a crash never sees half a file (on a local disk the
+    atomic_write_jsonl(path, rows)       rename is atomic; on GCS an object appears whole)
+    atomic_write_csv(path, rows, fields)
+    write_operative_config(directory)    config.gin: what gin actually used
+    check_fingerprint(directory, fp)     refuses a directory that holds another run
+"""
+
+import csv
+import io
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+
+from etils import epath
+
+import gin
+
+FINGERPRINT_FILE = "run_fingerprint.json"
+OPERATIVE_CONFIG_FILE = "config.gin"
+
+
+class FingerprintError(ValueError):
+    """A directory that holds a run of another configuration (named in the message)."""
+
+
+def path(location: str | os.PathLike) -> epath.Path:
+    """`location` as an epath.Path (local path or gs://...)."""
+    return epath.Path(location)
+
+
+def exists(location: str | os.PathLike) -> bool:
+    return path(location).exists()
+
+
+def read_text(location: str | os.PathLike) -> str:
+    return path(location).read_text(encoding="utf-8")
+
+
+def read_json(location: str | os.PathLike):
+    """Parsed JSON; a file that is not valid JSON is a ValueError naming it."""
+    text = read_text(location)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{location} is not valid JSON ({err})") from None
+
+
+def atomic_write_text(location: str | os.PathLike, text: str) -> None:
+    """Writes `text` through a temp file in the same directory, then renames it into place."""
+    target = path(location)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f"{target.name}.tmp.{os.getpid()}"
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(target)
+    except BaseException:
+        if tmp.exists():
+            tmp.unlink()
+        raise
+
+
+def atomic_write_json(location: str | os.PathLike, obj) -> None:
+    """JSON (indented, sorted keys, UTF-8 kept), atomically."""
+    atomic_write_text(location, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False))
+
+
+def atomic_write_jsonl(location: str | os.PathLike, rows: Iterable[Mapping]) -> None:
+    """One JSON object per line, atomically."""
+    atomic_write_text(location, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def atomic_write_csv(
+    location: str | os.PathLike, rows: Iterable[Mapping], fieldnames: Sequence[str]
+) -> None:
+    """A CSV table with a header of `fieldnames` (keys not among them are left out)."""
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=list(fieldnames), extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: row.get(k) for k in fieldnames})
+    atomic_write_text(location, buffer.getvalue())
+
+
+def write_operative_config(directory: str | os.PathLike) -> None:
+    """DIRECTORY/config.gin: the gin bindings in force (t5x writes the same file)."""
+    atomic_write_text(path(directory) / OPERATIVE_CONFIG_FILE, gin.operative_config_str())
+
+
+def check_fingerprint(directory: str | os.PathLike, fingerprint: dict, write: bool = True) -> None:
+    """Records a run's fingerprint, or refuses a directory that holds a different run.
+
+    Args:
+      directory: the run's directory (MODEL_DIR).
+      fingerprint: JSON-serialisable settings that must match for a resume.
+      write: record it when absent (only the first process of a pod writes).
+
+    Raises:
+      FingerprintError: the saved fingerprint differs; the message names every differing key.
+    """
+    target = path(directory) / FINGERPRINT_FILE
+    fingerprint = json.loads(json.dumps(fingerprint))  # compare as it would be read back
+    if target.exists():
+        saved = read_json(target)
+        differ = sorted(
+            k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k)
+        )
+        if differ:
+            details = "; ".join(
+                f"{k}: saved {saved.get(k)!r}, now {fingerprint.get(k)!r}" for k in differ
+            )
+            raise FingerprintError(
+                f"MODEL_DIR {directory} holds a run with another configuration ({details}). "
+                "Use a new MODEL_DIR, or delete this one to start over."
+            )
+        return
+    if write:
+        atomic_write_json(target, fingerprint)
