@@ -9,7 +9,18 @@ from ft_scaling.data import data_cli
 
 
 def test_build_without_catalogs_names_the_locale(tmp_path, capsys):
-    argv = ["build", "debian_l10n", "--locale_dir", str(tmp_path), "--out", str(tmp_path / "o")]
+    # Hermetic: the apt lists are the test's own, so the machine's (absent on a fresh one, where
+    # the Translation error would come first) play no part; only the catalogs are missing.
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    for lang in ("en", "de", "fr", "zh_CN"):
+        name = f"deb_dists_x_main_i18n_Translation-{lang.replace('_', '%5f')}"
+        stanza = f"Package: pkg\nDescription-md5: {0:032x}\nDescription-{lang}: a tool\n .\n"
+        (lists / name).write_text(stanza, encoding="utf-8")
+    locales = tmp_path / "locale"
+    locales.mkdir()
+    argv = ["build", "debian_l10n", "--locale_dir", str(locales), "--lists_dir", str(lists)]
+    argv += ["--out", str(tmp_path / "o")]
     assert data_cli.main(argv) == 1
     assert "no gettext catalogs for locale 'de'" in capsys.readouterr().err
 
