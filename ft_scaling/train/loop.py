@@ -31,6 +31,7 @@ from ft_scaling.train import (
     metrics_io,
     optimizers,
     partitioning,
+    summary,
     trainer,
 )
 
@@ -104,7 +105,7 @@ def train(
     test_split: str | None = None,
     eval_examples: int | None = None,
     budget_fraction: float = 1.0,
-) -> dict:
+) -> summary.RunSummary:
     """Trains one model and returns its summary (also written to MODEL_DIR/summary.json).
 
     Args mirror the run gins' macros (t5x_configs/runs/*.gin): MODEL_DIR, MIXTURE_OR_TASK_NAME,
@@ -132,12 +133,15 @@ def train(
         test_split,
         budget_fraction,
     )
-    summary = _train_loop(run, settings)
-    summary["wall_time_s"] = time.time() - start
+    result = _train_loop(run, settings)
+    result = result.replace(
+        model_params=configs.param_count(model_config or configs.ModelConfig()),
+        wall_time_s=time.time() - start,
+    )
     _write_operative_config(run.model_dir)
     if jax.process_index() == 0:
-        checkpoints.atomic_write_json(os.path.join(run.model_dir, "summary.json"), summary)
-    return summary
+        result.write(run.model_dir)
+    return result
 
 
 def _setup(
@@ -392,27 +396,27 @@ def _train_loop(run: Run, cfg: LoopSettings):
         _check_finite(state, step, last_good, store)
         save()
         store.close()
-        return {"status": "preempted", "step": step}
+        return summary.RunSummary(
+            "preempted", step, run.total_steps, checkpoint_dir=store.directory
+        )
     if dev is None:  # the last step's evaluation, unless the loop just made it
         dev = evaluate()
     _check_finite(state, step, last_good, store)
     save(dev["loss"])
     finished = step >= run.total_steps
-    summary = {
-        "status": "finished" if finished else "paused",
-        "step": step,
-        "total_steps": run.total_steps,
-        "final_dev_loss": dev["loss"],
-        "final_dev_ppl": dev["ppl"],
-        "best_dev_loss": best,
-        "best_dev_ppl": math.exp(best),
-        "best_step": store.best_step(),
-        "trainable_params": base.trainable_param_count(
-            run.method, base.merge(state.params, frozen)
-        ),
-        "compile_time_s": compile_time,
-        "checkpoint_dir": store.directory,
-    }
+    result = summary.RunSummary(
+        status="finished" if finished else "paused",
+        step=step,
+        total_steps=run.total_steps,
+        final_dev_loss=dev["loss"],
+        final_dev_ppl=dev["ppl"],
+        best_dev_loss=best,
+        best_dev_ppl=math.exp(best),
+        best_step=store.best_step(),
+        trainable_params=base.trainable_param_count(run.method, base.merge(state.params, frozen)),
+        compile_time_s=compile_time,
+        checkpoint_dir=store.directory,
+    )
     if cfg.test_split and finished:
         best_params = _best_params(store, state, frozen, meta["base_checkpoint"])
         test = _evaluate(
@@ -424,11 +428,11 @@ def _train_loop(run: Run, cfg: LoopSettings):
             cfg.eval_batch_size,
             batch_sharding,
         )
-        summary.update(
+        result = result.replace(
             test_loss=test["loss"], test_ppl=test["ppl"], test_tokens=test["target_tokens"]
         )
     store.close()
-    return summary
+    return result
 
 
 def _best_params(store, state, frozen, base_path):

@@ -15,5 +15,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ft_scaling.train import loop  # after gin parsing: imports TF/seqio (slow)
 
     summary = loop.train()
-    print(json.dumps(summary, indent=2, sort_keys=True))
-    return 0 if summary.get("status") == "finished" else 3
+    print(json.dumps(summary.to_json(), indent=2, sort_keys=True))
+    return 0 if summary.finished else 3

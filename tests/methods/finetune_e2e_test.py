@@ -57,7 +57,7 @@ def test_pet_gins_finetune_from_a_base_checkpoint(tmp_path):
                 "TEST_SPLIT=None",
             ],
         )
-        assert summary["status"] == "finished" and summary["trainable_params"] == trainable
+        assert summary.status == "finished" and summary.trainable_params == trainable
         params, meta = checkpoints.load_params(model_dir)
         assert meta["base_checkpoint"].rstrip("/").endswith("base")
         flat = traverse_util.flatten_dict(params)

@@ -51,7 +51,7 @@ def test_tiny_model_overfits_a_small_batch(tmp_path):
     # One fixed batch of 8 sentences (FINETUNE_EXAMPLES=8 = BATCH_SIZE), seen again every step.
     summary = _train_in_process(tmp_path, 60, "train.finetune_examples=8", "LEARNING_RATE=0.01")
     losses = _train_losses(tmp_path)
-    assert summary["status"] == "finished" and summary["step"] == 60
+    assert summary.status == "finished" and summary.step == 60
     assert losses[60] < 0.1 * losses[1], (losses[1], losses[60])
 
 
@@ -150,7 +150,7 @@ def test_checkpoint_retention_keeps_last_two_and_best(tmp_path):
     improved = [s for s in sorted(dev) if dev[s] < min([dev[t] for t in dev if t < s] or [1e9])]
     saved = sorted(set(improved) | {12})
     assert store.steps() == sorted(set(saved[-2:]) | {best})
-    assert summary["best_step"] == best
+    assert summary.best_step == best
     store.close()
 
 
@@ -212,4 +212,4 @@ def test_second_run_reuses_compiled_steps(tmp_path):
     before = trainer._compiled.cache_info().hits
     summary = _train_in_process(tmp_path / "b", 5, "LEARNING_RATE=0.001")
     assert trainer._compiled.cache_info().hits == before + 1
-    assert summary["step"] == 5
+    assert summary.step == 5

@@ -43,7 +43,7 @@ def main(argv):
     from ft_scaling.train import loop
 
     summary = loop.train()
-    print("SUMMARY " + json.dumps(summary))
+    print("SUMMARY " + json.dumps(summary.to_json()))
 
 
 if __name__ == "__main__":
