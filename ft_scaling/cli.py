@@ -6,6 +6,7 @@ this file only dispatches, so importing it is cheap and adding a subcommand is o
 
 import importlib
 import sys
+import traceback
 
 SUBCOMMANDS = {
     "train": ("ft_scaling.train.main", "train (pretrain or finetune) from gin files"),
@@ -26,8 +27,20 @@ def _usage() -> str:
     return f"usage: ft-scaling <command> [flags]\n\ncommands:\n{rows}\n"
 
 
+def one_line(error: BaseException, limit: int = 600) -> str:
+    """An error as one line: its type and message with the whitespace folded."""
+    message = " ".join(str(error).split()) or "(no message)"
+    if len(message) > limit:
+        message = message[: limit - 3] + "..."
+    return f"{type(error).__name__}: {message}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """Runs a subcommand. A failure prints one line naming the problem and exits 1; the
+    traceback is printed only with `--verbose` (anywhere in argv)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    verbose = "--verbose" in argv
+    argv = [a for a in argv if a != "--verbose"]
     if not argv or argv[0] in ("-h", "--help"):
         sys.stdout.write(_usage())
         return 0
@@ -35,8 +48,15 @@ def main(argv: list[str] | None = None) -> int:
     if name not in SUBCOMMANDS:
         sys.stderr.write(f"ft-scaling: unknown command {name!r}\n{_usage()}")
         return 2
-    module = importlib.import_module(SUBCOMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    try:
+        module = importlib.import_module(SUBCOMMANDS[name][0])
+        return int(module.main(rest) or 0)
+    except Exception as error:  # noqa: BLE001 - the CLI's one place that reports any error
+        if verbose:
+            traceback.print_exc()
+        hint = "" if verbose else " (rerun with --verbose for the traceback)"
+        sys.stderr.write(f"ft-scaling {name}: error: {one_line(error)}{hint}\n")
+        return 1
 
 
 if __name__ == "__main__":

@@ -7,7 +7,10 @@ current directory and the repository root (where `t5x_configs/` and `gin/` live)
 """
 
 import argparse
+import difflib
 import os
+import re
+import sys
 from collections.abc import Sequence
 
 import gin
@@ -65,7 +68,57 @@ def parse_gin(
     for path in paths:
         gin.add_config_file_search_path(path)
     files = [resolve_gin_file(f, paths) for f in gin_files]
+    for warning in unreferenced_macros(files, bindings, paths):
+        sys.stderr.write(f"warning: {warning}\n")
     gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
+
+
+_MACRO_REFERENCE = re.compile(r"%([A-Za-z_][\w/.]*)")
+_INCLUDE = re.compile(r"^\s*include\s+['\"]([^'\"]+)['\"]", re.MULTILINE)
+
+
+def _referenced_macros(files: Sequence[str], search_paths: Sequence[str]) -> set[str]:
+    """Every `%NAME` that the gin files, or the files they include, refer to."""
+    seen, referenced, pending = set(), set(), list(files)
+    while pending:
+        path = pending.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        referenced.update(_MACRO_REFERENCE.findall(text))
+        for name in _INCLUDE.findall(text):
+            try:
+                pending.append(resolve_gin_file(name, [os.path.dirname(path), *search_paths]))
+            except FileNotFoundError:
+                pass  # gin itself reports the missing include, by name
+    return referenced
+
+
+def unreferenced_macros(
+    files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str]
+) -> list[str]:
+    """Warnings for bound macros (`KEY = ...`, no dot) that no gin file or binding refers to.
+
+    Gin accepts a binding of a macro nobody reads without complaint, so `--gin.TRAIN_STEP=3`
+    (for TRAIN_STEPS) would silently change nothing; this names it and its close matches.
+    """
+    keys = [b.split("=", 1)[0].strip() for b in bindings if "=" in b]
+    macros = [k for k in keys if k and "." not in k and "/" not in k]
+    if not macros:
+        return []
+    referenced = _referenced_macros(files, search_paths)
+    for binding in bindings:
+        referenced.update(_MACRO_REFERENCE.findall(binding.split("=", 1)[-1]))
+    warnings = []
+    for macro in macros:
+        if macro in referenced:
+            continue
+        close = difflib.get_close_matches(macro, sorted(referenced), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        warnings.append(f"--gin.{macro} is bound but no gin file refers to %{macro}{hint}")
+    return warnings
 
 
 def parse_flags(argv: Sequence[str], description: str) -> argparse.Namespace:

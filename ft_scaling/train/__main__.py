@@ -1,5 +1,5 @@
 import sys
 
-from ft_scaling.train.main import main
+from ft_scaling import cli
 
-sys.exit(main())
+sys.exit(cli.main(["train", *sys.argv[1:]]))
