@@ -9,6 +9,7 @@ orbax writes them itself (train/checkpoints.py).
     atomic_write_json(path, obj)         a crash never sees half a file (on a local disk the
     atomic_write_jsonl(path, rows)       rename is atomic; on GCS an object appears whole)
     atomic_write_csv(path, rows, fields)
+    atomic_write_bytes(path, data)       figures, binary files
     write_operative_config(directory)    config.gin: what gin actually used
     check_fingerprint(directory, fp)     refuses a directory that holds another run
 """
@@ -60,6 +61,20 @@ def atomic_write_text(location: str | os.PathLike, text: str) -> None:
     tmp = target.parent / f"{target.name}.tmp.{os.getpid()}"
     try:
         tmp.write_text(text, encoding="utf-8")
+        tmp.replace(target)
+    except BaseException:
+        if tmp.exists():
+            tmp.unlink()
+        raise
+
+
+def atomic_write_bytes(location: str | os.PathLike, data: bytes) -> None:
+    """Writes `data` (a figure, a binary model file) as `atomic_write_text` writes text."""
+    target = path(location)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f"{target.name}.tmp.{os.getpid()}"
+    try:
+        tmp.write_bytes(data)
         tmp.replace(target)
     except BaseException:
         if tmp.exists():
