@@ -314,14 +314,7 @@ def fit_setting(
     options = options or fit.FitOptions()
     bootstrap = bootstrap or BootstrapOptions()
     law_obj = laws.get_law(law)
-    if procedure not in PROCEDURES:
-        raise ValueError(f"unknown procedure {procedure!r}; known: {', '.join(PROCEDURES)}")
-    if (procedure == "single") != (law == "single"):
-        raise ValueError("the single-factor law goes with procedure 'single' and only with it")
-    if not sweeps:
-        raise ScalingInputError("no sweeps to fit")
-    if report and not set(report) <= set(sweeps):
-        raise ScalingInputError(f"no sweep for {sorted(set(report) - set(sweeps))}")
+    _check_request(sweeps, law, procedure, report)
     if procedure == "single":
         chosen = {f: sweeps[f] for f in report or sweeps}
         factors = _single(law_obj, chosen, held_out_rule, options, bootstrap)
@@ -331,11 +324,27 @@ def fit_setting(
         points, index = average_points(sweep, held_out_rule)
         parts[factor] = _Part(sweep, points, index)
         _check_sweep(parts[factor], len(law_obj.factor_params))
-    if procedure == "two_stage":
-        stage1, factors = _two_stage(law_obj, parts, options, bootstrap, report or list(parts))
-    else:
-        for part in parts.values():
-            _check_sweep(part, len(law_obj.param_names))
-        chosen = {f: parts[f] for f in report or parts}
-        stage1, factors = None, _free(law_obj, chosen, options, bootstrap)
+    stage1, factors = _joint(law_obj, parts, procedure, options, bootstrap, report)
     return SettingFit(procedure, law, held_out_rule, options, stage1, factors)
+
+
+def _joint(law, parts, procedure, options, boot, report) -> tuple[fit.Fit | None, dict]:
+    """(stage 1 or None, {factor: FactorFit}) of a joint law by 'two_stage' or 'free'."""
+    if procedure == "two_stage":
+        return _two_stage(law, parts, options, boot, report or list(parts))
+    for part in parts.values():
+        _check_sweep(part, len(law.param_names))
+    chosen = {f: parts[f] for f in report or parts}
+    return None, _free(law, chosen, options, boot)
+
+
+def _check_request(sweeps: dict, law: str, procedure: str, report) -> None:
+    """Refuses an unknown procedure, a law it cannot fit, or a reported factor with no sweep."""
+    if procedure not in PROCEDURES:
+        raise ValueError(f"unknown procedure {procedure!r}; known: {', '.join(PROCEDURES)}")
+    if (procedure == "single") != (law == "single"):
+        raise ValueError("the single-factor law goes with procedure 'single' and only with it")
+    if not sweeps:
+        raise ScalingInputError("no sweeps to fit")
+    if report and not set(report) <= set(sweeps):
+        raise ScalingInputError(f"no sweep for {sorted(set(report) - set(sweeps))}")

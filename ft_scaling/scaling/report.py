@@ -1,17 +1,21 @@
-"""Serialising fit results: fit.json (full precision), summary.md, starts.csv (every start).
+"""Serialising a table fit: fit.json (full precision), summary.md, starts.csv (every start).
 
 Values are written as Python floats via `repr`, i.e. never rounded; only the markdown summary
-formats numbers for reading. NaN (no held-out points, a failed bootstrap) becomes JSON null.
+formats numbers for reading. NaN (no held-out points, a failed bootstrap) and infinity (an
+unbounded interval) become JSON null. Every file is written atomically (`ft_scaling.files`).
 """
 
-import csv
 import json
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
-from ft_scaling.scaling import fit, laws
-from ft_scaling.scaling.procedure import FactorFit, SettingFit
+from ft_scaling import files
+from ft_scaling.scaling import analysis, fit, laws
+from ft_scaling.scaling import plots as plots_lib
+from ft_scaling.scaling.procedure import FactorFit
+from ft_scaling.scaling.table_fit import FittedSetting, MethodComparison, TableFit, TableFitOptions
 
 
 def _clean(value):
@@ -61,22 +65,115 @@ def factor_summary(factor_fit: FactorFit) -> dict:
     }
 
 
-def setting_summary(group: dict, setting: SettingFit, extra: dict) -> dict:
+def setting_summary(setting: FittedSetting, threshold: float) -> dict:
+    """fit.json's entry of one setting: its fits, saturation points and exponent comparison."""
+    fitted = setting.fit
     return {
-        "group": group,
-        "procedure": setting.procedure,
-        "law": setting.law,
-        "held_out_rule": setting.held_out_rule,
-        "stage1": fit_summary(setting.stage1) if setting.stage1 else None,
-        "factors": {k: factor_summary(v) for k, v in setting.factors.items()},
-        **extra,
+        "group": setting.group,
+        "procedure": fitted.procedure,
+        "law": fitted.law,
+        "held_out_rule": fitted.held_out_rule,
+        "stage1": fit_summary(fitted.stage1) if fitted.stage1 else None,
+        "factors": {k: factor_summary(v) for k, v in fitted.factors.items()},
+        "saturation": saturation_summary(setting.saturation, threshold),
+        "exponent_comparison": {
+            f"P(alpha[{a}] > alpha[{b}])": p for (a, b), p in setting.exponent_comparison.items()
+        },
     }
 
 
+def saturation_summary(saturation: dict, threshold: float) -> dict:
+    """{threshold, by_factor: {factor key: {X (%g, a label): values}}}."""
+    by_factor = {
+        key: {f"{s.x:g}": _saturation_entry(s) for s in per_value}
+        for key, per_value in saturation.items()
+    }
+    return {"threshold": threshold, "by_factor": by_factor}
+
+
+def _saturation_entry(saturation: analysis.Saturation) -> dict:
+    return {
+        "x": saturation.x,
+        "fitted": saturation.d_f,
+        "status": saturation.status,
+        "interval": list(saturation.interval),
+        "bootstrap_ok": saturation.replicates,
+        "empirical": saturation.empirical,
+        "gain_at_largest": saturation.gain_at_largest,
+    }
+
+
+def comparison_summary(comparison: MethodComparison) -> dict:
+    """fit.json's entry of one method comparison (critical D_f per X, closed form)."""
+    h, gamma = comparison.closed_form
+    return {
+        "group": comparison.group,
+        "factor": comparison.factor,
+        "pair": list(comparison.pair),
+        "closed_form": {"H": h, "gamma": gamma},
+        "crossings": [
+            {"x": c.x, "roots": list(c.roots), "status": c.status} for c in comparison.crossings
+        ],
+    }
+
+
+def config_summary(options: TableFitOptions, results: str, plots: bool) -> dict:
+    """fit.json's config: the fit's settings under the names of `ft-scaling fit`'s flags."""
+    return {
+        "results": results,
+        "law": options.law,
+        "procedure": options.resolved_procedure,
+        "factor": ",".join(options.factors) if options.factors is not None else "all",
+        "metric": options.metric,
+        "group": ",".join(options.group),
+        "held_out": options.held_out,
+        "loss": options.fit.loss,
+        "delta": options.fit.delta,
+        "residual": options.fit.residual,
+        "starts": options.fit.n_starts,
+        "bootstrap": options.bootstrap.replicates,
+        "seed": options.bootstrap.seed,
+        "saturation_threshold": options.saturation_threshold,
+        "no_plots": not plots,
+    }
+
+
+def document(result: TableFit, config: dict) -> dict:
+    """fit.json's content, JSON-safe: the config, every setting, every method comparison and
+    the skipped groups."""
+    threshold = result.options.saturation_threshold
+    return _clean(
+        {
+            "config": config,
+            "settings": [setting_summary(s, threshold) for s in result.settings],
+            "comparisons": [comparison_summary(c) for c in result.comparisons],
+            "skipped": [{"group": s.group, "reason": s.reason} for s in result.skipped],
+        }
+    )
+
+
 def write_json(path: str, document: dict) -> None:
-    with open(path, "w") as handle:
-        json.dump(_clean(document), handle, indent=1)
-        handle.write("\n")
+    """fit.json as written since the first version: indent 1, keys in insertion order."""
+    files.atomic_write_text(path, json.dumps(_clean(document), indent=1) + "\n")
+
+
+def write_outputs(out_dir: str, result: TableFit, config: dict, plots: bool = True) -> list[str]:
+    """OUT/fit.json, summary.md, starts.csv and (when `plots`) the figures; returns the paths.
+
+    Args:
+      out_dir: directory to write into (created if needed).
+      result: from `table_fit.fit_table`.
+      config: fit.json's config entry (`config_summary`).
+      plots: draw every setting's and comparison's figures (`plots.plot_table_fit`).
+    """
+    out = files.path(out_dir)
+    paths = [str(out / name) for name in ("fit.json", "summary.md", "starts.csv")]
+    write_json(paths[0], document(result, config))
+    files.atomic_write_text(paths[1], markdown(result))
+    write_starts(paths[2], result.settings)
+    if plots:
+        paths += plots_lib.plot_table_fit(result, str(out))
+    return paths
 
 
 def _fmt(value: float) -> str:
@@ -90,66 +187,71 @@ def _cell(factor_fit: FactorFit, name: str) -> str:
     return f"{_fmt(factor_fit.params[name])} [{_fmt(low)}, {_fmt(high)}]"
 
 
-def markdown(settings: list[tuple[dict, SettingFit]], comparisons: list[dict]) -> str:
-    """Summary tables: one row per setting and factor; then the critical data sizes."""
+def markdown(result: TableFit) -> str:
+    """summary.md: one row per setting and factor; then the critical data sizes."""
     names = ("A", "alpha", "B", "beta", "E")
     header = ["group", "factor", *names, "Δe", "Δh", "status", "bootstrap ok"]
     lines = ["# Scaling-law fits", "", "Values: best fit [95% bootstrap interval].", ""]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for group, setting in settings:
-        label = ", ".join(f"{k}={v}" for k, v in group.items())
-        for key, factor_fit in setting.factors.items():
-            status = factor_fit.fit.status + (
-                f" (edge: {','.join(factor_fit.fit.edge_params)})"
-                if factor_fit.fit.edge_params
-                else ""
-            )
-            row = [label, key, *(_cell(factor_fit, n) for n in names)]
-            row += [_fmt(factor_fit.delta_e), _fmt(factor_fit.delta_h), status]
-            row += [f"{factor_fit.bootstrap_ok}/{len(factor_fit.bootstrap)}"]
-            lines.append("| " + " | ".join(row) + " |")
-    if comparisons:
+    for setting in result.settings:
+        label = ", ".join(f"{k}={v}" for k, v in setting.group.items())
+        for key, factor_fit in setting.fit.factors.items():
+            lines.append("| " + " | ".join([label, key, *_factor_cells(factor_fit, names)]) + " |")
+    if result.comparisons:
         lines += ["", "## Critical finetuning data size", ""]
         lines += [
             "| group | factor | pair | H | γ | crossings (X: D_f^c) |",
             "|---|---|---|---|---|---|",
         ]
-        for c in comparisons:
-            found = "; ".join(
-                f"{x['x']:.3g}: " + (", ".join(f"{r:.4g}" for r in x["roots"]) or x["status"])
-                for x in c["crossings"]
-            )
-            label = ", ".join(f"{k}={v}" for k, v in c["group"].items())
-            pair = f"{c['pair'][0]} vs {c['pair'][1]}"
-            closed = c["closed_form"]
-            lines.append(
-                f"| {label} | {c['factor']} | {pair} | {_fmt(closed['H'])} | "
-                f"{_fmt(closed['gamma'])} | {found} |"
-            )
+        lines += [_comparison_row(c) for c in result.comparisons]
     return "\n".join(lines) + "\n"
 
 
-def write_starts(path: str, settings: list[tuple[dict, SettingFit]]) -> None:
-    """Every start of every fit: initial and final parameters (fitted coordinates), status."""
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["group", "fit", "start", "param", "init", "final", "loss", "status",
-                         "iterations"])  # fmt: skip
-        for group, setting in settings:
-            label = ";".join(f"{k}={v}" for k, v in group.items())
-            fits = [("stage1", setting.stage1)] if setting.stage1 else []
-            fits += [(key, f.fit) for key, f in setting.factors.items()]
-            for name, result in fits:
-                _write_fit_starts(writer, label, name, result)
+def _factor_cells(factor_fit: FactorFit, names) -> list[str]:
+    """Parameters with intervals, Δe, Δh, status (with edge parameters), bootstrap ok/total."""
+    status = factor_fit.fit.status
+    if factor_fit.fit.edge_params:
+        status += f" (edge: {','.join(factor_fit.fit.edge_params)})"
+    cells = [_cell(factor_fit, n) for n in names]
+    cells += [_fmt(factor_fit.delta_e), _fmt(factor_fit.delta_h), status]
+    return cells + [f"{factor_fit.bootstrap_ok}/{len(factor_fit.bootstrap)}"]
 
 
-def _write_fit_starts(writer, label: str, name: str, result: fit.Fit) -> None:
-    starts = result.starts
+def _comparison_row(comparison: MethodComparison) -> str:
+    found = "; ".join(
+        f"{c.x:.3g}: " + (", ".join(f"{r:.4g}" for r in c.roots) or c.status)
+        for c in comparison.crossings
+    )
+    label = ", ".join(f"{k}={v}" for k, v in comparison.group.items())
+    pair = f"{comparison.pair[0]} vs {comparison.pair[1]}"
+    h, gamma = comparison.closed_form
+    return f"| {label} | {comparison.factor} | {pair} | {_fmt(h)} | {_fmt(gamma)} | {found} |"
+
+
+STARTS_COLUMNS = ("group", "fit", "start", "param", "init", "final", "loss", "status",
+                  "iterations")  # fmt: skip
+
+
+def write_starts(path: str, settings: Sequence[FittedSetting]) -> None:
+    """starts.csv: every start of every fit, initial and final parameters (fitted
+    coordinates), loss, status and iterations."""
+    rows = []
+    for setting in settings:
+        label = ";".join(f"{k}={v}" for k, v in setting.group.items())
+        fits = [("stage1", setting.fit.stage1)] if setting.fit.stage1 else []
+        fits += [(key, f.fit) for key, f in setting.fit.factors.items()]
+        for name, result in fits:
+            rows += _fit_starts(label, name, result)
+    files.atomic_write_csv(path, rows, STARTS_COLUMNS)
+
+
+def _fit_starts(label: str, name: str, result: fit.Fit) -> list[dict]:
+    starts, rows = result.starts, []
     for index in range(len(starts.loss)):
         for column, param in enumerate(result.free):
             coordinate = f"log {param}" if laws.base_name(param) in ("A", "B", "E") else param
-            writer.writerow([
-                label, name, index, coordinate, repr(float(starts.init[index, column])),
-                repr(float(starts.final[index, column])), repr(float(starts.loss[index])),
-                starts.status[index], int(starts.iterations[index]),
-            ])  # fmt: skip
+            values = (label, name, index, coordinate, repr(float(starts.init[index, column])),
+                      repr(float(starts.final[index, column])), repr(float(starts.loss[index])),
+                      starts.status[index], int(starts.iterations[index]))  # fmt: skip
+            rows.append(dict(zip(STARTS_COLUMNS, values, strict=True)))
+    return rows

@@ -14,10 +14,12 @@ Ties between equally frequent values go to the largest (for tokens: the final ch
 """
 
 import csv
-from collections.abc import Sequence
+import io
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from ft_scaling import files
 from ft_scaling.scaling.errors import ScalingInputError
 from ft_scaling.scaling.procedure import Sweep
 
@@ -31,13 +33,30 @@ FACTORS = ("model_params", "pretrain_tokens", "trainable_params")
 
 def read_table(path: str) -> dict[str, np.ndarray]:
     """Reads a results CSV into {column: [rows] array of str}; raises on an empty table."""
-    with open(path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        rows = list(reader)
-        header = reader.fieldnames or []
+    # Bytes, decoded here: the csv module wants the line ends as written (newline="").
+    text = files.path(path).read_bytes().decode("utf-8")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    rows = list(reader)
+    header = reader.fieldnames or []
     if not rows:
         raise ScalingInputError(f"{path}: no rows (columns: {', '.join(header) or 'none'})")
     return {name: np.array([row[name] or "" for row in rows], dtype=object) for name in header}
+
+
+def from_rows(rows: Sequence[Mapping]) -> dict[str, np.ndarray]:
+    """The table `read_table` would read from these rows written as a CSV (cells as str).
+
+    Columns are every key, in order of first appearance; a missing key or None is "", as in
+    the CSV, so a fit of the rows equals a fit of their exported table.
+    """
+    if not rows:
+        raise ScalingInputError("no rows")
+    header = list(dict.fromkeys(key for row in rows for key in row))
+    return {name: np.array([_cell(row.get(name)) for row in rows], dtype=object) for name in header}
+
+
+def _cell(value) -> str:
+    return "" if value is None else str(value)
 
 
 def require_columns(table: dict[str, np.ndarray], names: Sequence[str]) -> None:

@@ -1,8 +1,11 @@
 """The study report: results table, fitted laws, plots, and the paper's questions answered.
 
-stores (*.sqlite) -> results.csv -> `ft-scaling fit` (multiplicative, two stages: the paper's
-procedure) and the additive law as a rival -> report.md with
+stores (*.sqlite) -> results.csv, and the finished rows -> `table_fit.fit_table` (multiplicative,
+two stages: the paper's procedure; the additive law as a rival), whose outputs go to
+fit_<law>/ as `ft-scaling fit` writes them -> report.md with
   runs (finished / failed, with errors)
+  generation metrics (BLEU, chrF, ROUGE-L of decoded test examples) per method, model and D_f,
+    mean over seeds, when the study decoded them (`Study.generation_metrics`)
   fitted laws per method and factor (params, Δe, Δh, bootstrap intervals) and plots
   Q1 does the multiplicative law fit (Δh, and against the additive law)?
   Q2 is α for model size larger than for pretraining data?
@@ -13,15 +16,37 @@ procedure) and the additive law as a rival -> report.md with
     bootstrap interval, and empirically from the measured points
 """
 
-import json
+import collections
+import dataclasses
 import math
 import os
+import sys
+from collections.abc import Sequence
 
-from ft_scaling.scaling import fit_cli
+from ft_scaling import files
+from ft_scaling.scaling import analysis, fit, table_fit
+from ft_scaling.scaling import report as fit_report
+from ft_scaling.scaling import results_table as tables
+from ft_scaling.scaling.bootstrap import BootstrapOptions
 from ft_scaling.study import store as store_lib
 
 PET_SCALING_THRESHOLD = 0.01  # the paper's "|alpha_t| << 1e-2" (PAPER.md §6)
 SATURATION_THRESHOLD = 0.01  # 1% less loss per doubling of D_f (issue 9's example)
+LAWS = ("multiplicative", "additive")
+# Factors to fit, tried in turn: when a sweep cannot be fitted, the others still are.
+FACTOR_FALLBACKS = (None, ("model_params", "pretrain_tokens"), ("model_params",))
+GENERATION_METRICS = {"bleu": "BLEU", "chrf": "chrF", "rouge_l": "ROUGE-L"}
+
+
+@dataclasses.dataclass(frozen=True)
+class LawFit:
+    """One law fitted to the study's rows (`result` None: no factor set could be fitted)."""
+
+    law: str
+    result: table_fit.TableFit | None
+    directory: str  # where fit.json, summary.md, starts.csv and the plots went
+    notes: tuple[str, ...]  # factor sets that could not be fitted, with the reason
+    plots: tuple[str, ...] = ()  # the .png files in `directory`, sorted
 
 
 def write_report(out_dir: str, starts: int = 300) -> str:
@@ -30,72 +55,64 @@ def write_report(out_dir: str, starts: int = 300) -> str:
     The held-out rule and bootstrap size come from the study (OUT/report_settings.json), as
     may `saturation_threshold` (default SATURATION_THRESHOLD).
     """
-    settings = {"held_out": "paper", "bootstrap": 100, "saturation_threshold": SATURATION_THRESHOLD}
-    settings_path = os.path.join(out_dir, "report_settings.json")
-    if os.path.exists(settings_path):
-        with open(settings_path) as f:
-            settings.update(json.load(f))
+    settings = _settings(out_dir)
     rows = store_lib.finished_finetune_rows(out_dir)
     csv_path = os.path.join(out_dir, "results.csv")
     store_lib.export_csv(rows, csv_path)
-    sections = [f"# Study report: {os.path.basename(os.path.abspath(out_dir))}", ""]
-    sections += _runs_section(out_dir, rows)
-    fits = {}
-    if rows:
-        for law in ("multiplicative", "additive"):
-            out = os.path.join(out_dir, f"fit_{law}")
-            fits[law] = _fit(csv_path, law, out, settings, starts)
-    main = fits.get("multiplicative")
-    if main and main.get("document"):
-        for note in main["notes"]:
-            sections += [f"Not fitted: {note}", ""]
-        sections += _fits_section(out_dir, main)
-        sections += saturation_section(main["document"])
-        sections += _questions(main["document"], fits.get("additive", {}).get("document"))
-    elif main:
-        sections += ["## Fits", "", f"The fit could not run: {main['error']}", ""]
-    sections.insert(
-        2,
+    fits = {law: _fit(out_dir, rows, law, settings, starts) for law in LAWS} if rows else {}
+    sections = [
+        f"# Study report: {os.path.basename(os.path.abspath(out_dir))}",
+        "",
         f"Held-out rule: `{settings['held_out']}`; bootstrap replicates: "
         f"{settings['bootstrap']} (resampling runs).\n",
-    )
+    ]
+    sections += _runs_section(out_dir, rows)
+    sections += generation_section(rows)
+    sections += _fit_sections(fits)
     path = os.path.join(out_dir, "report.md")
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write("\n".join(sections) + "\n")
-    os.replace(tmp, path)
+    files.atomic_write_text(path, "\n".join(sections) + "\n")
     return path
 
 
-def _fit(csv_path, law, out, settings, starts) -> dict:
+def _settings(out_dir: str) -> dict:
+    """The report's settings: defaults, updated from OUT/report_settings.json (the study's)."""
+    settings = {"held_out": "paper", "bootstrap": 100, "saturation_threshold": SATURATION_THRESHOLD}
+    path = files.path(out_dir) / "report_settings.json"
+    if path.exists():
+        settings.update(files.read_json(path))
+    return settings
+
+
+def _options(law, factors, settings: dict, starts: int) -> table_fit.TableFitOptions:
+    return table_fit.TableFitOptions(
+        law=law,
+        factors=factors,
+        held_out=str(settings["held_out"]),
+        fit=fit.FitOptions(n_starts=starts),
+        bootstrap=BootstrapOptions(replicates=int(settings["bootstrap"])),
+        saturation_threshold=float(settings["saturation_threshold"]),
+    )
+
+
+def _fit(out_dir: str, rows: list[dict], law: str, settings: dict, starts: int) -> LawFit:
     """Fits every factor; if one cannot be fitted, the others are fitted and the reason kept."""
-    argv = [
-        csv_path,
-        "--law",
-        law,
-        "--out",
-        out,
-        "--bootstrap",
-        str(settings["bootstrap"]),
-        "--starts",
-        str(starts),
-        "--group",
-        "task,method",
-        "--held_out",
-        settings["held_out"],
-        "--saturation_threshold",
-        str(settings["saturation_threshold"]),
-    ]
-    notes = []
-    for factors in ("all", "model_params,pretrain_tokens", "model_params"):
+    directory = os.path.join(out_dir, f"fit_{law}")
+    table, notes = tables.from_rows(rows), []
+    for factors in FACTOR_FALLBACKS:
+        options = _options(law, factors, settings, starts)
         try:
-            status = fit_cli.run(fit_cli.parse_args([*argv, "--factor", factors]))
+            result = table_fit.fit_table(table, options)
         except ValueError as err:  # too few points, a single value: reported, not fatal
-            notes.append(f"factors {factors}: {err}")
+            notes.append(f"factors {','.join(factors or ('all',))}: {err}")
             continue
-        with open(os.path.join(out, "fit.json")) as f:
-            return {"status": status, "document": json.load(f), "dir": out, "notes": notes}
-    return {"error": "; ".join(notes)}
+        results_csv = os.path.join(out_dir, "results.csv")  # the same rows, as exported
+        config = fit_report.config_summary(options, results_csv, plots=True)
+        paths = fit_report.write_outputs(directory, result, config)
+        if result.not_converged:
+            print(f"warning: best fit did not converge for {result.not_converged}", file=sys.stderr)
+        plots = sorted(os.path.basename(p) for p in paths if p.endswith(".png"))
+        return LawFit(law, result, directory, tuple(notes), tuple(plots))
+    return LawFit(law, None, directory, tuple(notes))
 
 
 def _runs_section(out_dir: str, finished: list[dict]) -> list[str]:
@@ -116,42 +133,62 @@ def _runs_section(out_dir: str, finished: list[dict]) -> list[str]:
     return lines + [""] if failed else lines
 
 
-def _fits_section(out_dir: str, fit: dict) -> list[str]:
-    rel = os.path.relpath(fit["dir"], out_dir)
-    with open(os.path.join(fit["dir"], "summary.md")) as f:
-        summary = f.read().replace(
-            "# Scaling-law fits",
-            "## Fitted laws (multiplicative, two-stage, held-out points as in the paper)",
-        )
-    plots = sorted(p for p in os.listdir(fit["dir"]) if p.endswith(".png"))
+def _fit_sections(fits: dict[str, LawFit]) -> list[str]:
+    """The multiplicative law's tables, plots, saturation and the paper's questions."""
+    main = fits.get("multiplicative")
+    if main is None:
+        return []
+    if main.result is None:
+        return ["## Fits", "", f"The fit could not run: {'; '.join(main.notes)}", ""]
+    lines = [line for note in main.notes for line in (f"Not fitted: {note}", "")]
+    lines += _fits_section(main)
+    lines += saturation_section(main.result.settings)
+    additive = fits.get("additive")
+    return lines + _questions(main.result, additive.result if additive else None)
+
+
+def _fits_section(main: LawFit) -> list[str]:
+    summary = fit_report.markdown(main.result).replace(
+        "# Scaling-law fits",
+        "## Fitted laws (multiplicative, two-stage, held-out points as in the paper)",
+    )
+    rel = os.path.basename(main.directory)
     lines = [summary, "", "### Plots", ""]
-    lines += [f"![{p}]({rel}/{p})" for p in plots]
+    lines += [f"![{p}]({rel}/{p})" for p in main.plots]
     return lines + [""]
 
 
-def _saturation_cell(entry: dict) -> str:
+def _number(value, spec: str) -> str:
+    """`value` formatted, or – when there is none (None, NaN: JSON's null in fit.json)."""
+    return "–" if value is None or not math.isfinite(value) else format(value, spec)
+
+
+def _saturation_cell(saturation: analysis.Saturation) -> str:
     """'1.2e+03 [850, ∞]': the fitted point and its bootstrap interval."""
-    if entry["fitted"] is None:
+    if saturation.d_f is None:
         point = "not within 1e12"
-    elif entry["status"] == "at range start":
-        point = f"≤ {entry['fitted']:.3g}"
+    elif saturation.status == "at range start":
+        point = f"≤ {saturation.d_f:.3g}"
     else:
-        point = f"{entry['fitted']:.3g}"
-    low, high = entry.get("interval") or (None, None)
-    if (entry.get("bootstrap_ok") or 0) < 2:
+        point = f"{saturation.d_f:.3g}"
+    if saturation.replicates < 2:
         return point
-    # JSON has no infinity: a missing bound with replicates behind it is an unbounded one.
-    low = "∞" if low is None else f"{low:.3g}"
-    high = "∞" if high is None else f"{high:.3g}"
+    # An infinite bound: some replicates never saturate in range.
+    low, high = ("∞" if not math.isfinite(v) else f"{v:.3g}" for v in saturation.interval)
     return f"{point} [{low}, {high}]"
 
 
-def saturation_section(document: dict) -> list[str]:
-    """Where more data stops paying, per method, factor and factor value (from fit.json)."""
-    settings = [s for s in document.get("settings", []) if s.get("saturation")]
-    if not settings:
+def saturation_section(settings: Sequence[table_fit.FittedSetting]) -> list[str]:
+    """Where more data stops paying, per method, factor and factor value."""
+    entries = [
+        (setting.group.get("method", "all"), factor, saturation)
+        for setting in settings
+        for factor, per_value in setting.saturation.items()
+        for saturation in per_value
+    ]
+    if not entries:
         return []
-    threshold = settings[0]["saturation"]["threshold"]
+    threshold = entries[0][2].threshold
     lines = [
         "## Saturation: how much data is enough?",
         "",
@@ -163,19 +200,11 @@ def saturation_section(document: dict) -> list[str]:
         "| method | factor | X | fitted D_f [interval] | empirical D_f | gain at largest |",
         "|---|---|---|---|---|---|",
     ]
-    entries = [
-        (setting["group"].get("method", "all"), factor, x, entry)
-        for setting in settings
-        for factor, per_value in setting["saturation"]["by_factor"].items()
-        for x, entry in per_value.items()
-    ]
-    for method, factor, x, entry in entries:
-        empirical = "–" if entry["empirical"] is None else f"{entry['empirical']:.4g}"
-        gain = entry.get("gain_at_largest")
-        gain = "–" if gain is None else f"{gain:.2%}"
-        cells = [method, factor, x, _saturation_cell(entry), empirical, gain]
+    for method, factor, saturation in entries:
+        cells = [method, factor, f"{saturation.x:g}", _saturation_cell(saturation)]
+        cells += [_number(saturation.empirical, ".4g"), _number(saturation.gain_at_largest, ".2%")]
         lines.append("| " + " | ".join(cells) + " |")
-    at_start = sum(entry["status"] == "at range start" for *_, entry in entries)
+    at_start = sum(saturation.status == "at range start" for *_, saturation in entries)
     if at_start:
         lines += [
             "",
@@ -187,55 +216,40 @@ def saturation_section(document: dict) -> list[str]:
     return lines + [""]
 
 
-def _factor(document: dict, method: str, factor: str) -> dict | None:
-    for setting in document.get("settings", []):
-        if setting["group"].get("method") == method:
-            return setting["factors"].get(factor)
+def _factor(result: table_fit.TableFit, method: str, factor: str):
+    """The first setting of `method`'s FactorFit of `factor`, or None."""
+    for setting in result.settings:
+        if setting.group.get("method") == method:
+            return setting.fit.factors.get(factor)
     return None
 
 
-def _methods(document: dict) -> list[str]:
-    return [s["group"].get("method") for s in document.get("settings", [])]
+def _methods(result: table_fit.TableFit) -> list[str]:
+    return [s.group.get("method") for s in result.settings]
 
 
-def _mean_delta(document: dict | None, key: str) -> float:
+def _mean_delta(result: table_fit.TableFit | None, key: str) -> float:
     """Mean of Δe or Δh over every fitted setting and factor (NaN when there is none)."""
-    if not document:
+    if not result:
         return math.nan
     values = [
-        f[key]
-        for s in document.get("settings", [])
-        for f in s["factors"].values()
-        if f.get(key) is not None
+        getattr(f, key)
+        for s in result.settings
+        for f in s.fit.factors.values()
+        if math.isfinite(getattr(f, key))
     ]
     return sum(values) / len(values) if values else math.nan
 
 
-def _questions(document: dict, additive: dict | None) -> list[str]:
+def _questions(result: table_fit.TableFit, additive: table_fit.TableFit | None) -> list[str]:
     lines = ["## The paper's questions, answered from these runs", ""]
-    mult, add = _mean_delta(document, "delta_h"), _mean_delta(additive, "delta_h")
-    fit_e, add_e = _mean_delta(document, "delta_e"), _mean_delta(additive, "delta_e")
-    q1 = (
-        f"**Q1. Does the multiplicative joint law fit?** Mean fitting error Δe = {fit_e:.4g} "
-        f"(additive law: {add_e:.4g}); mean held-out error Δh = {mult:.4g} (additive: "
-        f"{add:.4g}). "
-    )
-    if math.isnan(mult) or math.isnan(add):
-        q1 += "No held-out points, so extrapolation is not measured."
-    elif mult <= add:
-        q1 += "The multiplicative law extrapolates at least as well as the additive law."
-    else:
-        q1 += "The additive law extrapolates better on these runs."
-    lines.append(q1)
-    lines.append("")
+    lines += [_q1(result, additive), ""]
     lines.append("**Q2. Is α for model size larger than for pretraining data?**")
-    for method in _methods(document):
-        model, tokens = (
-            _factor(document, method, "model_params"),
-            _factor(document, method, "pretrain_tokens"),
-        )
-        if model and tokens:
-            a_m, a_p = model["params"]["alpha"], tokens["params"]["alpha"]
+    for method in _methods(result):
+        model = _factor(result, method, "model_params")
+        tokens = _factor(result, method, "pretrain_tokens")
+        if model is not None and tokens is not None:
+            a_m, a_p = model.params["alpha"], tokens.params["alpha"]
             verdict = "yes" if a_m > a_p else "no"
             lines.append(f"- {method}: α_m = {a_m:.4g}, α_p = {a_p:.4g} → {verdict}")
     lines += [
@@ -243,10 +257,72 @@ def _questions(document: dict, additive: dict | None) -> list[str]:
         f"**Q3. Does PET parameter scaling help?** (|α_t| < {PET_SCALING_THRESHOLD} "
         "means no, as in the paper)",
     ]
-    for method in _methods(document):
-        pet = _factor(document, method, "trainable_params")
-        if pet:
-            alpha = pet["params"]["alpha"]
+    for method in _methods(result):
+        pet = _factor(result, method, "trainable_params")
+        if pet is not None:
+            alpha = pet.params["alpha"]
             verdict = "no (ineffective)" if abs(alpha) < PET_SCALING_THRESHOLD else "yes"
             lines.append(f"- {method}: α_t = {alpha:.4g} → {verdict}")
     return lines + [""]
+
+
+def _q1(result: table_fit.TableFit, additive: table_fit.TableFit | None) -> str:
+    mult, add = _mean_delta(result, "delta_h"), _mean_delta(additive, "delta_h")
+    fit_e, add_e = _mean_delta(result, "delta_e"), _mean_delta(additive, "delta_e")
+    q1 = (
+        f"**Q1. Does the multiplicative joint law fit?** Mean fitting error Δe = {fit_e:.4g} "
+        f"(additive law: {add_e:.4g}); mean held-out error Δh = {mult:.4g} (additive: "
+        f"{add:.4g}). "
+    )
+    if math.isnan(mult) or math.isnan(add):
+        return q1 + "No held-out points, so extrapolation is not measured."
+    if mult <= add:
+        return q1 + "The multiplicative law extrapolates at least as well as the additive law."
+    return q1 + "The additive law extrapolates better on these runs."
+
+
+def _metric_value(row: dict, name: str) -> float | None:
+    """A row's generation metric as a float; None where the run has none."""
+    value = row.get(name)
+    if value is None or value == "" or isinstance(value, bool):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def generation_section(rows: Sequence[dict]) -> list[str]:
+    """BLEU / chrF / ROUGE-L of decoded test examples per method, model and D_f (mean over
+    seeds); no section when no finished run has any of them."""
+    names = [m for m in GENERATION_METRICS if any(_metric_value(r, m) is not None for r in rows)]
+    if not names:
+        return []
+    runs: dict[tuple, list[dict]] = collections.defaultdict(list)  # cell -> its runs' scores
+    for row in rows:
+        scores = {m: _metric_value(row, m) for m in names}
+        if any(v is not None for v in scores.values()):
+            runs[_cell_key(row)].append(scores)
+    header = ["method", "model", "D_f", *(GENERATION_METRICS[m] for m in names), "seeds"]
+    lines = [
+        "## Generation metrics",
+        "",
+        "Scores (0-100) of decoded test examples with the best checkpoint, mean over seeds.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for (method, _, model, d_f), scores in sorted(runs.items()):
+        means = [_mean([s[m] for s in scores if s[m] is not None]) for m in names]
+        cells = [method, model, f"{d_f:g}", *means, str(len(scores))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _cell_key(row: dict) -> tuple[str, float, str, float]:
+    """(method, model size, model name, D_f): a cell of the table, models in order of size."""
+    model = str(row.get("model_name") or row.get("model_params"))
+    size = float(row.get("model_params") or 0)
+    return str(row.get("method")), size, model, float(row["finetune_examples"])
+
+
+def _mean(values: list[float]) -> str:
+    return f"{sum(values) / len(values):.2f}" if values else "–"
