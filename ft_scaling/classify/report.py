@@ -8,11 +8,11 @@ and on the OOD set, mean ± sample standard deviation (ddof = 1) over the seeds 
 (the count is shown when some are missing). `results.csv` holds every finished row.
 """
 
-import csv
 import os
 
 import numpy as np
 
+from ft_scaling import files
 from ft_scaling.study import store as store_lib
 
 CSV_COLUMNS = (
@@ -113,22 +113,6 @@ def write(out_dir: str, study=None) -> str:
         *[f"- failed `{r['run_id']}`: {(r['error'] or '').splitlines()[0]}" for r in failed],
     ]
     markdown = "\n".join(lines) + "\n"
-    _write_text(os.path.join(out_dir, "report.md"), markdown)
-    _write_csv(os.path.join(out_dir, "results.csv"), rows)
+    files.atomic_write_text(os.path.join(out_dir, "report.md"), markdown)
+    files.atomic_write_csv(os.path.join(out_dir, "results.csv"), rows, CSV_COLUMNS)
     return markdown
-
-
-def _write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def _write_csv(path: str, rows: list[dict]) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)

@@ -20,6 +20,7 @@ import lzma
 import os
 from collections.abc import Iterable, Mapping
 
+from ft_scaling import files
 from ft_scaling.data import debian_sources
 
 SPLITS = ("train", "validation", "test")
@@ -244,12 +245,11 @@ def write_corpus(corpus: Corpus, root: str, preset: int = 6) -> dict[str, dict[s
     """
     counts: dict[str, dict[str, int]] = {}
     for config, splits in corpus.items():
-        os.makedirs(os.path.join(root, config), exist_ok=True)
         for split, examples in splits.items():
-            path = split_path(root, config, split)
-            with lzma.open(path, "wt", encoding="utf-8", preset=preset) as f:
-                for example in examples:
-                    f.write(json.dumps(example, ensure_ascii=False, sort_keys=True) + "\n")
+            lines = (json.dumps(e, ensure_ascii=False, sort_keys=True) + "\n" for e in examples)
+            # Compressed whole, then written atomically: the same bytes as a streamed xz file.
+            data = lzma.compress("".join(lines).encode("utf-8"), preset=preset)
+            files.atomic_write_bytes(split_path(root, config, split), data)
             counts.setdefault(config, {})[split] = len(examples)
     return counts
 

@@ -23,6 +23,7 @@ import time
 import tensorflow_datasets as tfds
 from etils import epath
 
+from ft_scaling import files as files_lib
 from ft_scaling.data import debian_corpus
 
 SNAPSHOT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "snapshots", "debian_l10n")
@@ -134,8 +135,9 @@ def build(
         "write_seconds": round(time.time() - start - build_seconds, 1),
         "sha256": files,
     }
-    with open(os.path.join(out_dir, MANIFEST), "w") as f:
-        json.dump(manifest, f, indent=1, sort_keys=True)
+    # The committed snapshot's manifest keeps its layout (indent 1, sorted keys, ASCII).
+    text = json.dumps(manifest, indent=1, sort_keys=True)
+    files_lib.atomic_write_text(os.path.join(out_dir, MANIFEST), text)
     _load_corpus_part.cache_clear()
     return manifest
 

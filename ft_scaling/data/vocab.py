@@ -19,6 +19,7 @@ from collections.abc import Iterable
 import sentencepiece as spm
 import seqio
 
+from ft_scaling import files
 from ft_scaling.data import debian_l10n
 
 VOCABULARIES = {
@@ -93,8 +94,7 @@ def build_vocabulary(
     texts = [ex["text"] for ex in debian_l10n.load_split(config, "train", root=data_root)]
     proto = train_sentencepiece(texts, vocab_size or default_size, coverage)
     path = model_path(name, out_dir)
-    with open(path, "wb") as f:
-        f.write(proto)
+    files.atomic_write_bytes(path, proto)
     get_vocabulary.cache_clear()
     return path
 

@@ -9,7 +9,7 @@ All scores are on a 0-100 scale, computed over a whole split:
     bleurt, comet: learned metrics (learned_metrics.py); they need a checkpoint path
 
 Results of one checkpoint on one split are written twice: as a JSON file
-MODEL_DIR/eval/<name>.json (atomically: temp file + os.replace, so a reader never sees half a
+MODEL_DIR/eval/<name>.json (atomically, `files.atomic_write_json`: a reader never sees half a
 file) and as a row appended to MODEL_DIR/metrics.jsonl, the run's metrics stream.
 """
 
@@ -20,9 +20,10 @@ import numpy as np
 import sacrebleu
 from rouge_score import rouge_scorer
 
+from ft_scaling import files
 from ft_scaling.data.task_metrics import UnicodeTokenizer
 from ft_scaling.eval import learned_metrics
-from ft_scaling.train import checkpoints, metrics_io
+from ft_scaling.train import metrics_io
 
 BLEU_TOKENIZERS = {"zh": "zh", "ja": "ja-mecab", "ko": "ko-mecab"}
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
@@ -116,7 +117,7 @@ def write_results(model_dir: str, name: str, step: int, results: Mapping) -> str
       The JSON file's path.
     """
     path = os.path.join(model_dir, "eval", f"{name}.json")
-    checkpoints.atomic_write_json(path, {"step": int(step), **results})
+    files.atomic_write_json(path, {"step": int(step), **results})
     numbers = {k: v for k, v in results.get("metrics", {}).items() if _is_number(v)}
     metrics_io.MetricsWriter(model_dir, tensorboard=False).write(step, f"eval/{name}", numbers)
     return path

@@ -21,6 +21,7 @@ import struct
 import numpy as np
 from flax import traverse_util
 
+from ft_scaling import files
 from ft_scaling.methods import lora
 
 _DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16"}
@@ -56,10 +57,11 @@ def write_safetensors(path: str, tensors: dict[str, np.ndarray], metadata=None) 
         header["__metadata__"] = {k: str(v) for k, v in metadata.items()}
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)  # the format pads the header to 8-byte alignment
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(encoded)) + encoded)
-        for name in sorted(tensors):
-            f.write(tensors[name].astype(tensors[name].dtype.newbyteorder("<")).tobytes())
+    parts = [struct.pack("<Q", len(encoded)), encoded]
+    parts += [
+        tensors[n].astype(tensors[n].dtype.newbyteorder("<")).tobytes() for n in sorted(tensors)
+    ]
+    files.atomic_write_bytes(path, b"".join(parts))
 
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
@@ -95,10 +97,8 @@ def export_peft(method: lora.LoRA, params, directory: str, base_model: str = "")
         "fan_in_fan_out": False,
         "inference_mode": True,
     }
-    os.makedirs(directory, exist_ok=True)
     config_path = os.path.join(directory, "adapter_config.json")
-    with open(config_path, "w") as f:
-        json.dump(config, f, indent=2)
+    files.atomic_write_text(config_path, json.dumps(config, indent=2))  # PEFT's key order
     weights_path = os.path.join(directory, "adapter_model.safetensors")
     write_safetensors(weights_path, tensors, {"format": "pt"})
     return [config_path, weights_path]
