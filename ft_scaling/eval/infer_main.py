@@ -5,11 +5,11 @@
         --gin_file=gin/tasks/debian_l10n_translate_en_de.gin --gin.CHECKPOINT_PATH="'/tmp/run'"
 
 One line per example, in split order: {"input": prompted source text, "target": reference,
-"prediction": decoded output}. The file is written whole to a temp file and renamed, so an
-interrupted run leaves no partial file. Default path: MODEL_DIR/inference/<split>_step<N>.jsonl.
+"prediction": decoded output}. The file is written whole to a temp file and renamed
+(`files.atomic_write_jsonl`), so an interrupted run leaves no partial file. Default path:
+MODEL_DIR/inference/<split>_step<N>.jsonl.
 """
 
-import json
 import logging
 import os
 import sys
@@ -19,20 +19,11 @@ import flax.linen as nn
 import jax
 
 import gin
+from ft_scaling import files
 from ft_scaling.config import flags
 from ft_scaling.eval import examples as examples_lib
 from ft_scaling.eval import generate, restore
 from ft_scaling.eval import main as eval_main
-
-
-def write_jsonl(path: str, rows: Sequence[dict]) -> None:
-    """Writes rows atomically (temp file in the same directory, then os.replace)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 @gin.configurable
@@ -69,7 +60,7 @@ def infer(
         {"input": e.source, "target": e.target, "prediction": p}
         for e, p in zip(examples, predictions, strict=True)
     ]
-    write_jsonl(path, rows)
+    files.atomic_write_jsonl(path, rows)
     return path
 
 
