@@ -40,11 +40,13 @@ def infer(
     shots: int = 0,
     seed: int = 0,
     prefer_best: bool = True,
+    mesh=None,
+    rules=None,
 ) -> str:
     """Decodes every example of the split and writes the JSONL; returns its path."""
     decode = eval_main.resolve_decode(decode, feature_lengths)
     config = model_config or eval_main.default_config()
-    restored = restore.restore(checkpoint_path, config, method, prefer_best)
+    restored = restore.restore(checkpoint_path, config, method, prefer_best, mesh=mesh, rules=rules)
     vocabulary = examples_lib.vocabulary(task)
     examples = examples_lib.task_examples(task, split, feature_lengths, max_examples)
     with jax.set_mesh(restored.mesh), nn.logical_axis_rules(restored.rules):

@@ -135,6 +135,8 @@ def evaluate(
     seed: int = 0,
     flores_dir: str | None = None,
     prefer_best: bool = True,
+    mesh=None,
+    rules=None,
     bleurt_checkpoint: str | None = None,
     comet_checkpoint: str | None = None,
 ) -> dict:
@@ -142,7 +144,7 @@ def evaluate(
     decode = resolve_decode(decode, feature_lengths)
     language = target_language or infer_language(task)
     config = model_config or default_config()
-    restored = restore.restore(checkpoint_path, config, method, prefer_best)
+    restored = restore.restore(checkpoint_path, config, method, prefer_best, mesh=mesh, rules=rules)
     scoring = functools.partial(
         metrics.score,
         names=metric_names,

@@ -73,6 +73,8 @@ def restore(
     method: base.Method | None = None,
     prefer_best: bool = True,
     merge_lora: bool = True,
+    mesh=None,
+    rules=None,
 ) -> RestoredModel:
     """Loads a run's checkpoint into its model, ready to evaluate.
 
@@ -83,6 +85,8 @@ def restore(
       method: the run's finetuning method (None = full finetuning).
       prefer_best: for a MODEL_DIR, take the best checkpoint rather than the latest.
       merge_lora: fold LoRA updates into the kernels (methods with a `merge`).
+      mesh, rules: where to place the params (the eval/infer gins inject them); None: the
+        default `partitioning.make_mesh()` and `partitioning.logical_rules()`.
 
     Returns:
       RestoredModel.
@@ -97,7 +101,8 @@ def restore(
     if merge_lora and hasattr(method, "merge"):
         params = method.merge(params)
         model = decoder.Decoder(model_config)
-    mesh, rules = partitioning.make_mesh(), partitioning.logical_rules()
+    mesh = partitioning.make_mesh() if mesh is None else mesh
+    rules = partitioning.logical_rules() if rules is None else rules
     shardings = nn.meta.unbox(partitioning.param_shardings(abstract_params(model), mesh, rules))
     params = jax.device_put(params, shardings)
     step = int(meta.get("step", 0))

@@ -1,6 +1,6 @@
-"""Checkpoints: the one place that talks to orbax.
+"""Checkpoints: the one place that talks to orbax, and the restore order of a run.
 
-Restore order of a run (`restore_or_initialize` in train/loop.py follows it):
+Restore order (`restore_or_initialize` below implements it; train/loop.py calls it):
   1. this run's latest checkpoint in MODEL_DIR (full train state: trainable params, optimizer
      state, RNG, step, data position) -- a corrupt or partial latest one falls back to the
      previous with a warning;
@@ -11,21 +11,24 @@ Restore order of a run (`restore_or_initialize` in train/loop.py follows it):
 A checkpoint stores only the trainable split of the params plus a reference to the base it was
 finetuned from (`meta['base_checkpoint']`), so a LoRA or prompt checkpoint of a large model is
 small; `load_params` rebuilds the full tree by following that reference. Writes are atomic
-(orbax finalises a step directory by rename), and the MODEL_DIR's fingerprint file guards against
-resuming a different run in the same directory (a t5x trap, t5x#1067).
+(orbax finalises a step directory by rename), and the MODEL_DIR's fingerprint file
+(`files.check_fingerprint`) guards against resuming a different run in the same directory (a
+t5x trap, t5x#1067).
 """
 
 import dataclasses
-import json
 import logging
 import os
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 from orbax.checkpoint import checkpoint_managers as policies
 
-FINGERPRINT_FILE = "run_fingerprint.json"
+from ft_scaling import files
+from ft_scaling.train import trainer
+
 log = logging.getLogger(__name__)
 
 
@@ -59,36 +62,8 @@ class RetentionPolicy:
 
 
 def atomic_write_json(path: str, obj) -> None:
-    """Writes JSON through a temp file in the same directory and os.replace (atomic on POSIX):
-    a reader or a crash never sees half a file. The one JSON writer of the package."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, ensure_ascii=False)
-    os.replace(tmp, path)
-
-
-def check_fingerprint(model_dir: str, fingerprint: dict) -> None:
-    """Records the run's fingerprint, or refuses a MODEL_DIR that holds a different run."""
-    os.makedirs(model_dir, exist_ok=True)
-    path = os.path.join(model_dir, FINGERPRINT_FILE)
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
-        differ = sorted(
-            k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k)
-        )
-        if differ:
-            details = "; ".join(
-                f"{k}: saved {saved.get(k)!r}, now {fingerprint.get(k)!r}" for k in differ
-            )
-            raise CheckpointError(
-                f"MODEL_DIR {model_dir} holds a run with another configuration ({details}). "
-                "Use a new MODEL_DIR, or delete this one to start over."
-            )
-        return
-    if jax.process_index() == 0:
-        atomic_write_json(path, fingerprint)
+    """Alias of `files.atomic_write_json`, kept while its last callers move to files.py."""
+    files.atomic_write_json(path, obj)
 
 
 class CheckpointStore:
@@ -233,3 +208,119 @@ def initial_params(fresh: dict, base: dict, is_method_param) -> dict:
             )
         out[path] = jax.device_put(base_flat[path].astype(leaf.dtype), leaf.sharding)
     return traverse_util.unflatten_dict(out)
+
+
+# --- The restore order of a run (the module docstring) --------------------------------------
+
+
+def restore_or_initialize(
+    store: CheckpointStore,
+    *,
+    model,
+    method,
+    optimizer,
+    sequence_length: int,
+    seed: int,
+    initial_checkpoint_path: str | None,
+    mesh,
+    rules,
+) -> tuple:
+    """(train state, frozen params, meta) of a run, following the restore order.
+
+    Args:
+      store: this run's checkpoints (order 1).
+      model, method: the method-wrapped decoder and its method (mask, `after_restore`).
+      optimizer: the run's `optimizers.OptimizerSettings`.
+      sequence_length: of the init batch (the sum of the feature lengths).
+      seed: params, method init and the step RNG fold 1, 2 and 3 into PRNGKey(seed).
+      initial_checkpoint_path: the base checkpoint (order 2), or None (scratch, order 3).
+      mesh, rules: where the state lives.
+
+    Returns:
+      (state, frozen, meta); meta holds step, data_position, base_checkpoint, best_dev_loss.
+    """
+    state, frozen, base_path = _initial_state(
+        model, method, optimizer, sequence_length, seed, initial_checkpoint_path, mesh, rules
+    )
+    meta = {"step": 0, "data_position": 0, "base_checkpoint": base_path, "best_dev_loss": None}
+    restored = store.restore_latest(_abstract(saved_tree(state, frozen, base_path)))
+    if restored is None:
+        return state, frozen, meta
+    tree, meta = restored
+    state = trainer.TrainState(tree["step"], tree["params"], tree["opt_state"], tree["rng"])
+    log.info("resumed %s at step %d", store.directory, meta["step"])
+    return state, tree.get("frozen", frozen), meta
+
+
+def _initial_state(model, method, optimizer, sequence_length, seed, base_path, mesh, rules):
+    """(state, frozen, absolute base path) from INITIAL_CHECKPOINT_PATH, else from scratch.
+
+    Built even when this run has a checkpoint: the frozen split (which a method checkpoint
+    does not store) comes from here, and so does the abstract tree, with its shardings, that
+    the checkpoint is restored into.
+    """
+    rng = jax.random.PRNGKey(seed)
+    params = trainer.init_params(model, jax.random.fold_in(rng, 1), sequence_length, mesh, rules)
+    if base_path:
+        params = initial_params(params, _base_params(base_path), method.is_method_param)
+        base_path = os.path.abspath(base_path)
+    after_restore = getattr(method, "after_restore", None)
+    if after_restore is not None:
+        params = after_restore(params, jax.random.fold_in(rng, 2))
+    mask = method.trainable_mask(params)
+    state, frozen = trainer.create_state(params, mask, optimizer, jax.random.fold_in(rng, 3), mesh)
+    return state, frozen, base_path or None
+
+
+def saved_tree(state, frozen, base_path: str | None) -> dict:
+    """What a checkpoint holds: the train state, plus frozen params when no base has them."""
+    tree = {
+        "step": state.step,
+        "params": state.params,
+        "opt_state": state.opt_state,
+        "rng": state.rng,
+    }
+    if base_path is None and jax.tree.leaves(frozen):
+        tree["frozen"] = frozen
+    return tree
+
+
+def best_params(store: CheckpointStore, state, frozen, base_path: str | None):
+    """Trainable params of the best checkpoint by dev loss (the paper's model selection)."""
+    best = store.best_step()
+    if best is None or best == store.latest_step():
+        return state.params
+    tree, _ = store.restore(best, _abstract(saved_tree(state, frozen, base_path)))
+    return tree["params"]
+
+
+def _abstract(tree):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+_BASE_CACHE: dict = {}
+BASE_CACHE_BYTES = 2 << 30
+
+
+def _base_params(path: str) -> dict:
+    """Params of an initial checkpoint, kept on the host for the next run that starts there.
+
+    A study finetunes each base model dozens of times in one process; reading the checkpoint
+    once saves a restore per run. Host numpy copies, so a donated train state never aliases
+    them. Bases larger than BASE_CACHE_BYTES are read every time.
+    """
+    checkpoint_dir = (
+        os.path.join(path, "checkpoints")
+        if os.path.isdir(os.path.join(path, "checkpoints"))
+        else path
+    )
+    key = (os.path.abspath(path), os.path.getmtime(checkpoint_dir))
+    if key in _BASE_CACHE:
+        return _BASE_CACHE[key]
+    params, _ = load_params(path)
+    params = jax.tree.map(np.asarray, params)
+    if sum(x.nbytes for x in jax.tree.leaves(params)) <= BASE_CACHE_BYTES:
+        if len(_BASE_CACHE) >= 4:  # the pretraining-data axis alternates a few checkpoints
+            _BASE_CACHE.pop(next(iter(_BASE_CACHE)))
+        _BASE_CACHE[key] = params
+    return params

@@ -2,7 +2,11 @@
 
 The mesh always has the axes ('data', 'fsdp', 'model'). Model code names only logical axes
 (models/axes.py); the rules below, overridable in gin (t5x_configs/partitioning/*.gin), map each
-logical name to a mesh axis (or a tuple of them, or None = replicated).
+logical name to a mesh axis (or a tuple of them, or None = replicated). Entry points take the
+mesh and rules as arguments, injected by the run gins as t5x injects its partitioner:
+
+    train.mesh = @partitioning.make_mesh()       # t5x_configs/runs/*.gin (also eval, infer)
+    train.rules = @partitioning.logical_rules()  # shape and overrides: partitioning/*.gin
 
 Multi-host: every process computes the same global batch stream and keeps the rows of its own
 devices, so the global batch (and therefore every loss) is identical for any device layout. On a
@@ -63,8 +67,20 @@ def mesh_shape(shape: Sequence[int] = (-1, 1, 1), num_devices: int | None = None
     return shape
 
 
+@gin.configurable
 def make_mesh(shape: Sequence[int] | None = None) -> Mesh:
-    """The ('data','fsdp','model') mesh over all devices, in process order."""
+    """The ('data','fsdp','model') mesh over all devices of all processes, in process order.
+
+    The run gins inject it (`train.mesh = @partitioning.make_mesh()`, as t5x injects its
+    partitioner), so gin calls it before the run starts: it joins the distributed runtime first
+    (`initialize_distributed`, a no-op unless configured), since the devices of the other
+    processes are visible only after that.
+
+    Args:
+      shape: ('data', 'fsdp', 'model') sizes, one may be -1; None: `mesh_shape` (gin-bound by
+        t5x_configs/partitioning/*.gin).
+    """
+    initialize_distributed()
     shape = mesh_shape() if shape is None else mesh_shape(shape)
     devices = np.array(jax.devices()).reshape(shape)
     return Mesh(devices, MESH_AXES)

@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 
+from ft_scaling import files
 from ft_scaling.config import flags
 from ft_scaling.train import checkpoints, metrics_io
 from tests.train import byte_tasks, run_script
@@ -156,7 +157,7 @@ def test_checkpoint_retention_keeps_last_two_and_best(tmp_path):
 
 def test_other_config_in_model_dir_is_refused(tmp_path):
     _train_in_process(tmp_path, 2)
-    with pytest.raises(checkpoints.CheckpointError, match="BATCH_SIZE|batch_size"):
+    with pytest.raises(files.FingerprintError, match="BATCH_SIZE|batch_size"):
         _train_in_process(tmp_path, 2, "BATCH_SIZE=4")
 
 
