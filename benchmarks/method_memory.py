@@ -25,9 +25,9 @@ import numpy as np
 from ft_scaling.config import flags
 from ft_scaling.methods import base, bitfit, freeze, full, lora, prompt
 from ft_scaling.models import configs, decoder
-from ft_scaling.train import partitioning, trainer
+from ft_scaling.train import losses, optimizers, partitioning, trainer
 
-SETTINGS = ("adafactor", 0.0, 1.0)  # optimizers.optimizer(kind, weight_decay, clip_norm)
+SETTINGS = optimizers.OptimizerSettings("adafactor", 0.0, 1.0)
 MIB = 2**20
 # The paper's shape family (PAPER.md §1, Table 3: head dim 256, FFN = 4 x model dim, multi-query
 # attention) at 2 layers and model dim 1024, so that, as at 1B and above, the weights and their
@@ -74,7 +74,7 @@ def measure(method: base.Method, config, batch: dict, steps: int) -> dict:
     params = trainer.init_params(model, jax.random.PRNGKey(0), length, mesh, rules)
     mask = method.trainable_mask(params)
     state, frozen = trainer.create_state(params, mask, SETTINGS, jax.random.PRNGKey(1), mesh)
-    train_step, _ = trainer.jit_steps(model, SETTINGS, mesh, rules, state, frozen)
+    train_step, _ = trainer.jit_steps(losses.LMLoss(model), SETTINGS, mesh, rules, state, frozen)
     learning_rate = jnp.float32(1e-3)
     # The same context the trainer's wrapper sets (mesh + logical rules) for lowering.
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -127,7 +127,7 @@ def main() -> None:
     print(
         f"model {args.model}: {configs.param_count(config):,} params; batch {args.batch} x "
         f"{args.length} tokens; remat {config.remat}; {jax.devices()[0].platform}; "
-        f"optimizer {SETTINGS[0]}; |P| {args.prompt_length}, r {args.rank}"
+        f"optimizer {SETTINGS.kind}; |P| {args.prompt_length}, r {args.rank}"
     )
     header = f"{'method':8} {'trainable':>11} {'peak MiB':>9} {'temp MiB':>9} {'step ms':>8}"
     print(header + f" {'peak/FMT':>9} {'time/FMT':>9}")

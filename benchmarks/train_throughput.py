@@ -105,7 +105,7 @@ def ours(config: configs.ModelConfig, method: str, dtype: str) -> Variant:
 
     from ft_scaling.methods import full, lora
     from ft_scaling.models import decoder
-    from ft_scaling.train import partitioning, trainer
+    from ft_scaling.train import losses, optimizers, partitioning, trainer
 
     config = dataclasses.replace(config, dtype=dtype)
     if method == "lora":
@@ -115,11 +115,11 @@ def ours(config: configs.ModelConfig, method: str, dtype: str) -> Variant:
     model = chosen.wrap(decoder.Decoder(config))
     mesh, rules = partitioning.make_mesh(), partitioning.logical_rules()
     params = trainer.init_params(model, jax.random.PRNGKey(0), LENGTH, mesh, rules)
-    settings = ("adamw", 0.0, 1.0)
+    settings = optimizers.OptimizerSettings("adamw", 0.0, 1.0)
     state, frozen = trainer.create_state(
         params, chosen.trainable_mask(params), settings, jax.random.PRNGKey(1), mesh
     )
-    train_step, _ = trainer.jit_steps(model, settings, mesh, rules, state, frozen)
+    train_step, _ = trainer.jit_steps(losses.LMLoss(model), settings, mesh, rules, state, frozen)
     batch = _our_batch(jnp)
     learning_rate = jnp.float32(1e-4)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):

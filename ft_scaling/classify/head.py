@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from ft_scaling.classify import scoring
+from ft_scaling.train import losses
 
 
 def last_token_hidden(hidden, segment_ids):
@@ -25,8 +26,8 @@ def last_token_hidden(hidden, segment_ids):
     return jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]
 
 
-@dataclasses.dataclass(frozen=True)
-class HeadClassifier:
+@dataclasses.dataclass(frozen=True, eq=False)
+class HeadClassifier(losses.ContentHashed):
     """Classifies from the last token's hidden state; params = {"decoder", "head"}.
 
     Attributes:
@@ -63,7 +64,10 @@ class HeadClassifier:
         return jax.nn.log_softmax(logits, axis=-1)
 
     def loss(self, params, batch, rng):
-        """(cross-entropy of the head, metrics)."""
+        """(summed cross-entropy of the head, examples, {}): a loss of the train step."""
         log_probs = self.log_probs(params, batch, rng, deterministic=False)
-        loss = scoring.cross_entropy(log_probs, batch["labels"])
-        return loss, {"loss": loss}
+        return scoring.example_sums(scoring.cross_entropy(log_probs, batch["labels"]))
+
+    def evaluate(self, params, batch):
+        """Label log-probabilities [batch, classes] (deterministic)."""
+        return self.log_probs(params, batch)

@@ -170,14 +170,11 @@ def build_model(spec, settings, num_classes, base_path, seed, mesh, rules) -> _M
     extra = jax.device_put(extra, partitioning.replicated(mesh))  # small: on every device
     full = {"decoder": params, **extra}
     mask = {"decoder": method.trainable_mask(params), **jax.tree.map(lambda _: True, extra)}
-    optimizer_settings = (settings.optimizer, 0.0, 1.0)
+    optimizer_settings = optimizers.OptimizerSettings(settings.optimizer, 0.0, 1.0)
     state, frozen = trainer.create_state(
         full, mask, optimizer_settings, jax.random.fold_in(rng, 4), mesh
     )
-    # Commit every leaf to its device: the steps' outputs are committed, and an uncommitted
-    # first input (the optimizer init's) would make the second step compile again.
-    state = jax.device_put(state, jax.tree.map(lambda x: x.sharding, state))
-    train_fn, eval_fn = train.compiled_steps(
+    train_fn, eval_fn = trainer.jit_steps(
         classifier, optimizer_settings, mesh, rules, state, frozen
     )
     count = base.trainable_param_count(method, params) + sum(

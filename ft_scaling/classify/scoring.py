@@ -12,6 +12,8 @@ decoder's own last step (tied embedding or `logits_projection`), tested against 
 
 `VerbalizerClassifier` is the classifier of PBFT (trained with cross-entropy over these label
 log-probabilities) and of ICL (the same scoring, with demonstrations in the prompt, no training).
+Like every classifier it is a loss object of the one train step (train/losses.py): `loss`
+returns the summed per-example loss and the example count, `evaluate` the label log-probs.
 """
 
 import dataclasses
@@ -46,12 +48,20 @@ def label_log_probs(log_likelihoods):
 
 
 def cross_entropy(log_probs, labels):
-    """Mean negative log-probability of the true class. [batch, classes], [batch] -> []."""
-    return -jnp.mean(jnp.take_along_axis(log_probs, labels[:, None], axis=-1))
+    """Negative log-probability of each true class. [batch, classes], [batch] -> [batch]."""
+    return -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
 
 
-@dataclasses.dataclass(frozen=True)
-class VerbalizerClassifier:
+def example_sums(per_example) -> tuple:
+    """(sum, example count, no metrics) of per-example losses [batch]: a classifier's `loss`.
+
+    The train step divides the sum by the count, so microbatches add up to the batch mean.
+    """
+    return jnp.sum(per_example), jnp.float32(per_example.shape[0]), {}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class VerbalizerClassifier(losses.ContentHashed):
     """Scores classes with the LM head; params = {"decoder": the (method-wrapped) LM}.
 
     Attributes:
@@ -85,7 +95,10 @@ class VerbalizerClassifier:
         return label_log_probs(scores.reshape(batch_size, classes))
 
     def loss(self, params, batch, rng):
-        """(cross-entropy over the verbalizer distribution, metrics)."""
+        """(summed cross-entropy over the verbalizer distribution, examples, {})."""
         log_probs = self.log_probs(params, batch, rng, deterministic=False)
-        loss = cross_entropy(log_probs, batch["labels"])
-        return loss, {"loss": loss}
+        return example_sums(cross_entropy(log_probs, batch["labels"]))
+
+    def evaluate(self, params, batch):
+        """Label log-probabilities [batch, classes] (deterministic)."""
+        return self.log_probs(params, batch)

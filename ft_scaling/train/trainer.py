@@ -1,13 +1,17 @@
-"""Train state, parameter initialisation and the pure, jitted train and eval steps.
+"""Train state, parameter initialisation and the one pure, jitted train and eval step.
 
     state = (step, trainable params, optimizer state, rng)     # donated to every step
     frozen = params the method keeps fixed                     # passed, never differentiated
+    loss  = LMLoss(model) | a classifier                       # losses.py: sums + evaluate
 
 `train_step` differentiates only the trainable split of the parameters (the method's mask) and
 the optimizer holds state only for it: freezing costs neither backward passes nor memory for
-frozen weights. A finetuning method never appears here: it is a wrapped model and a mask.
+frozen weights. A finetuning method never appears here: it is a wrapped model and a mask. What
+a run optimises is the loss object: its `loss` returns sums (loss, weight, metrics) that add up
+over microbatches, and the step divides by the summed weight (target tokens, or examples).
 """
 
+import dataclasses
 import functools
 from collections.abc import Mapping
 
@@ -16,11 +20,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
 
 from ft_scaling.methods import base
-from ft_scaling.train import host_memory, losses, partitioning
-
-INPUT_KEYS = ("decoder_input_tokens", "decoder_segment_ids", "decoder_positions")
+from ft_scaling.train import host_memory, losses, optimizers, partitioning
 
 
 @flax.struct.dataclass
@@ -40,29 +43,18 @@ def abstract_params(model: nn.Module, sequence_length: int):
 
 def init_params(model: nn.Module, rng: jax.Array, sequence_length: int, mesh, rules):
     """Creates the params directly on their shardings (never whole on one host)."""
-    return _jitted_init(ModelKey(model), sequence_length, mesh, rules)(rng)
+    return _jitted_init(_ModelKey(model), sequence_length, mesh, rules)(rng)
 
 
-class ModelKey:
-    """A model as a compile-cache key, equal when the module trees print alike.
+@dataclasses.dataclass(frozen=True, eq=False)
+class _ModelKey(losses.ContentHashed):
+    """A model as a compile-cache key, equal when the module trees print alike."""
 
-    Method wrappers carry `functools.partial` fields, which compare by identity, so two
-    identical LoRA models would otherwise never share a compiled step.
-    """
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-        self._repr = repr(model)
-
-    def __hash__(self):
-        return hash(self._repr)
-
-    def __eq__(self, other):
-        return isinstance(other, ModelKey) and self._repr == other._repr
+    model: nn.Module
 
 
 @functools.lru_cache(maxsize=32)
-def _jitted_init(model_key: ModelKey, sequence_length, mesh, rules):
+def _jitted_init(model_key: _ModelKey, sequence_length, mesh, rules):
     model = model_key.model
     boxed = abstract_params(model, sequence_length)
     shardings = nn.meta.unbox(partitioning.param_shardings(boxed, mesh, rules))
@@ -74,76 +66,71 @@ def _jitted_init(model_key: ModelKey, sequence_length, mesh, rules):
     return _with_context(jax.jit(init, out_shardings=shardings), mesh, rules)
 
 
-def create_state(params, mask, optimizer_settings: tuple, rng, mesh) -> tuple:
+def create_state(params, mask, optimizer_settings: optimizers.OptimizerSettings, rng, mesh):
     """(TrainState, frozen params) from full params and the method's mask.
 
     Optimizer state follows the trainable params' shardings (jit propagates them); the step and
     the RNG are replicated over the mesh.
     """
+    if isinstance(optimizer_settings, tuple):  # loop.py's setup until it builds the dataclass
+        optimizer_settings = optimizers.OptimizerSettings(*optimizer_settings)
     trainable, frozen = base.split(params, mask)
     repl = partitioning.replicated(mesh)
     opt_state = _optimizer(optimizer_settings)[1](trainable)
-    # Every leaf committed to a mesh sharding: an uncommitted leaf (a scalar count, or any
-    # leaf on a one-device mesh) would make the step's second call, whose inputs are the first
-    # call's committed outputs, compile the step a second time.
-    opt_state = jax.tree.map(
-        lambda x: jax.device_put(x, x.sharding if len(x.sharding.device_set) > 1 else repl),
-        opt_state,
-    )
-    step = jax.device_put(jnp.array(0, jnp.int32), repl)
+    # Every leaf committed to a mesh sharding: an uncommitted leaf (a scalar count, a param
+    # made outside jit, or any leaf on a one-device mesh) would make the step's second call,
+    # whose inputs are the first call's committed outputs, compile the step a second time.
+    commit = lambda x: jax.device_put(x, x.sharding if len(x.sharding.device_set) > 1 else repl)
     state = TrainState(
-        step=step, params=trainable, opt_state=opt_state, rng=jax.device_put(rng, repl)
+        step=jax.device_put(jnp.array(0, jnp.int32), repl),
+        params=jax.tree.map(commit, trainable),
+        opt_state=jax.tree.map(commit, opt_state),
+        rng=jax.device_put(rng, repl),
     )
     return state, frozen
 
 
 @functools.lru_cache(maxsize=32)
-def _optimizer(optimizer_settings: tuple):
+def _optimizer(optimizer_settings: optimizers.OptimizerSettings):
     """(optimizer, jitted init) per settings: one compile of `init` for all runs alike."""
-    from ft_scaling.train import optimizers
-
-    optimizer = optimizers.optimizer(*optimizer_settings)
+    optimizer = optimizer_settings.build()
     return optimizer, jax.jit(optimizer.init)
 
 
-def _apply(model, params, batch, deterministic, rng):
-    args = [batch.get(k) for k in INPUT_KEYS]
-    rngs = None if deterministic else {"dropout": rng}
-    return model.apply({"params": params}, *args, deterministic=deterministic, rngs=rngs)
+def _loss_sums(trainable, frozen, batch, rng, loss):
+    loss_sum, weight_sum, metrics = loss.loss(base.merge(trainable, frozen), batch, rng)
+    return loss_sum, (weight_sum, metrics)
 
 
-def _loss_sums(trainable, frozen, batch, rng, model):
-    logits = _apply(model, base.merge(trainable, frozen), batch, False, rng)
-    return losses.weighted_nll_sum(
-        logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"]
-    )
-
-
-def _grads(trainable, frozen, batch, rng, model, num_microbatches):
-    """Sums of loss, weights and gradients over the batch, in `num_microbatches` pieces."""
+def _grads(trainable, frozen, batch, rng, loss, num_microbatches):
+    """Sums of loss, weights, metrics and gradients over the batch, in `num_microbatches`."""
     grad_fn = jax.value_and_grad(_loss_sums, has_aux=True)
     if num_microbatches == 1:
-        (loss_sum, weight_sum), grads = grad_fn(trainable, frozen, batch, rng, model)
-        return loss_sum, weight_sum, grads
+        (loss_sum, (weight_sum, metrics)), grads = grad_fn(trainable, frozen, batch, rng, loss)
+        return loss_sum, weight_sum, metrics, grads
     micro = jax.tree.map(
         lambda x: x.reshape(num_microbatches, x.shape[0] // num_microbatches, *x.shape[1:]), batch
     )
 
     def body(carry, inputs):
         index, mb = inputs
-        (loss_sum, weight_sum), grads = grad_fn(
-            trainable, frozen, mb, jax.random.fold_in(rng, index), model
+        (loss_sum, (weight_sum, metrics)), grads = grad_fn(
+            trainable, frozen, mb, jax.random.fold_in(rng, index), loss
         )
-        acc_loss, acc_weight, acc_grads = carry
+        acc_loss, acc_weight, acc_metrics, acc_grads = carry
+        acc_metrics = jax.tree.map(jnp.add, acc_metrics, metrics)
         acc_grads = jax.tree.map(jnp.add, acc_grads, grads)
-        return (acc_loss + loss_sum, acc_weight + weight_sum, acc_grads), None
+        return (acc_loss + loss_sum, acc_weight + weight_sum, acc_metrics, acc_grads), None
 
+    first = jax.tree.map(lambda x: x[0], micro)
+    shapes = jax.eval_shape(functools.partial(_loss_sums, loss=loss), trainable, frozen, first, rng)
+    zero_metrics = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[1][1])
     zeros = jax.tree.map(jnp.zeros_like, trainable)
-    carry = (jnp.float32(0), jnp.float32(0), zeros)
-    (loss_sum, weight_sum, grads), _ = jax.lax.scan(
+    carry = (jnp.float32(0), jnp.float32(0), zero_metrics, zeros)
+    (loss_sum, weight_sum, metrics, grads), _ = jax.lax.scan(
         body, carry, (jnp.arange(num_microbatches), micro)
     )
-    return loss_sum, weight_sum, grads
+    return loss_sum, weight_sum, metrics, grads
 
 
 def train_step(
@@ -152,19 +139,28 @@ def train_step(
     batch: Mapping[str, jax.Array],
     learning_rate: jax.Array,
     *,
-    model,
+    loss,
     optimizer,
     num_microbatches: int = 1,
 ) -> tuple[TrainState, dict]:
-    """One optimizer step on the token-mean loss of the batch (target tokens only)."""
+    """One optimizer step on `loss`'s weighted mean over the batch.
+
+    Returns:
+      (new state, metrics): the loss's own summed metrics, plus `loss` (loss sum / weight sum),
+      `target_tokens` (the weight sum: target tokens, or a classifier's examples) and
+      `grad_norm`.
+    """
     rng = jax.random.fold_in(state.rng, state.step)
-    loss_sum, weight_sum, grads = _grads(state.params, frozen, batch, rng, model, num_microbatches)
+    loss_sum, weight_sum, metrics, grads = _grads(
+        state.params, frozen, batch, rng, loss, num_microbatches
+    )
     denominator = jnp.maximum(weight_sum, 1.0)
     grads = jax.tree.map(lambda g: g / denominator, grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     updates = jax.tree.map(lambda u: u * learning_rate, updates)  # unit-rate optimizer
     params = optax.apply_updates(state.params, updates)
     metrics = {
+        **metrics,
         "loss": loss_sum / denominator,
         "target_tokens": weight_sum,
         "grad_norm": optax.tree.norm(grads),
@@ -173,31 +169,51 @@ def train_step(
     return new_state, metrics
 
 
-def eval_step(trainable, frozen, batch, *, model) -> dict:
-    """Sums of target-token NLL and target-token count (exact over a split when summed)."""
-    logits = _apply(model, base.merge(trainable, frozen), batch, True, None)
-    loss_sum, weight_sum = losses.weighted_nll_sum(
-        logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"]
-    )
-    return {"loss_sum": loss_sum, "target_tokens": weight_sum}
+def eval_step(trainable, frozen, batch, *, loss):
+    """`loss.evaluate` of the merged params: the LM's NLL sums, a classifier's log-probs."""
+    return loss.evaluate(base.merge(trainable, frozen), batch)
 
 
-def jit_steps(model, optimizer_settings: tuple, mesh, rules, state, frozen, num_microbatches=1):
+def example_sharding(mesh, rules) -> NamedSharding:
+    """Sharding of any batch array over its leading (example) dim on the mesh's batch axes."""
+    return NamedSharding(mesh, PartitionSpec(*nn.logical_to_mesh_axes(("batch",), rules)))
+
+
+def jit_steps(
+    loss,
+    optimizer_settings: optimizers.OptimizerSettings,
+    mesh,
+    rules,
+    state,
+    frozen,
+    num_microbatches=1,
+):
     """Compiled train and eval steps, shared by every run with the same key in this process.
 
-    On CPU this also tunes the host allocator once (host_memory.py): XLA:CPU's step buffers
-    are host memory, and returning them to the OS after each step doubled the step time.
+    The key is the loss object (by content: equal models share a step), the optimizer
+    settings, mesh, rules, the state's and frozen params' shardings and the microbatch count.
+    The state keeps its input shardings on output (and is donated): were they left to jit, a
+    step's outputs could carry other (equivalent) shardings and the second step would compile
+    again. On CPU this also tunes the host allocator once (host_memory.py): XLA:CPU's step
+    buffers are host memory, and returning them to the OS after each step doubled step time.
 
     Args:
-      optimizer_settings: the arguments of `optimizers.optimizer`, as a hashable tuple.
+      loss: a loss object (losses.py), hashable by content.
+      optimizer_settings: the run's optimizer.
+      mesh: the device mesh.
+      rules: logical axis rules.
+      state: the TrainState the steps will receive (its shardings are read, not its values).
+      frozen: the frozen params (likewise).
+      num_microbatches: pieces the train step splits each batch into (gradient accumulation).
+
+    Returns:
+      (train_step(state, frozen, batch, learning_rate) -> (state, metrics),
+       eval_step(trainable, frozen, batch) -> loss.evaluate's output).
     """
     if jax.default_backend() == "cpu":
         host_memory.keep_freed_memory()
-    state_sh = _shardings(state)
-    frozen_sh = _shardings(frozen)
-    return _compiled(
-        ModelKey(model), optimizer_settings, mesh, rules, state_sh, frozen_sh, num_microbatches
-    )
+    state_sh, frozen_sh = _shardings(state), _shardings(frozen)
+    return _compiled(loss, optimizer_settings, mesh, rules, state_sh, frozen_sh, num_microbatches)
 
 
 class _Hashable:
@@ -220,13 +236,12 @@ def _shardings(tree):
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled(model_key, optimizer_settings, mesh, rules, state_sh, frozen_sh, num_microbatches):
-    model = model_key.model
+def _compiled(loss, optimizer_settings, mesh, rules, state_sh, frozen_sh, num_microbatches):
     optimizer = _optimizer(optimizer_settings)[0]
-    batch_sh = partitioning.batch_sharding(mesh, rules)
+    batch_sh = example_sharding(mesh, rules)
     repl = partitioning.replicated(mesh)
     step = functools.partial(
-        train_step, model=model, optimizer=optimizer, num_microbatches=num_microbatches
+        train_step, loss=loss, optimizer=optimizer, num_microbatches=num_microbatches
     )
     train = jax.jit(
         step,
@@ -235,7 +250,7 @@ def _compiled(model_key, optimizer_settings, mesh, rules, state_sh, frozen_sh, n
         donate_argnums=(0,),
     )
     evaluate = jax.jit(
-        functools.partial(eval_step, model=model),
+        functools.partial(eval_step, loss=loss),
         in_shardings=(state_sh.tree.params, frozen_sh.tree, batch_sh),
         out_shardings=repl,
     )

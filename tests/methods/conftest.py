@@ -15,7 +15,8 @@ import pytest
 
 from ft_scaling.methods import base, bitfit, freeze, full, lora, prompt
 from ft_scaling.models import configs, decoder
-from ft_scaling.train import partitioning, trainer
+from ft_scaling.train import optimizers, partitioning, trainer
+from ft_scaling.train.losses import LMLoss
 
 TINY = configs.ModelConfig(
     vocab_size=97, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, embed_dim=32, mlp_dim=64
@@ -81,9 +82,9 @@ def finetune(method, config=TINY, steps=20, learning_rate=1e-2, seed=0, mesh=Non
     params = method.after_restore(params, jax.random.fold_in(rng, 2))
     initial = jax.tree.map(np.asarray, params)  # host copy: the state is donated to the steps
     mask = method.trainable_mask(params)
-    settings = ("adamw", 0.0, None)  # optimizers.optimizer(kind, weight_decay, clip_norm)
+    settings = optimizers.OptimizerSettings("adamw", 0.0, None)
     state, frozen = trainer.create_state(params, mask, settings, rng, mesh)
-    train_step, _ = trainer.jit_steps(model, settings, mesh, rules, state, frozen)
+    train_step, _ = trainer.jit_steps(LMLoss(model), settings, mesh, rules, state, frozen)
     batch = task_batch(config)
     losses = []
     for _ in range(steps):

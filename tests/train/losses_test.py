@@ -1,9 +1,12 @@
-"""The token NLL and its hand-written gradient equal jax's log_softmax reference."""
+"""The token NLL and its hand-written gradient equal jax's log_softmax reference; LMLoss returns
+its sums and compares by content."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ft_scaling.methods import lora
+from ft_scaling.models import configs, decoder
 from ft_scaling.train import losses
 
 
@@ -41,3 +44,40 @@ def test_large_logits_stay_finite():
     )
     assert np.isfinite(float(value)) and bool(jnp.all(jnp.isfinite(grad)))
     np.testing.assert_allclose(value, jnp.sum(_reference(logits, targets) * weights), rtol=1e-6)
+
+
+def _lm_case():
+    config = configs.ModelConfig(vocab_size=64, num_layers=1, embed_dim=16, mlp_dim=32)
+    model = decoder.Decoder(config)
+    rng = np.random.default_rng(3)
+    tokens = jnp.asarray(rng.integers(1, 64, (2, 7)), jnp.int32)
+    batch = {
+        "decoder_input_tokens": tokens[:, :-1],
+        "decoder_target_tokens": tokens[:, 1:],
+        "decoder_loss_weights": jnp.asarray(rng.integers(0, 2, (2, 6)), jnp.float32),
+    }
+    params = model.init(jax.random.PRNGKey(0), batch["decoder_input_tokens"])["params"]
+    return model, params, batch
+
+
+def test_lm_loss_returns_sums_of_the_reference_nll():
+    model, params, batch = _lm_case()
+    logits = model.apply({"params": params}, batch["decoder_input_tokens"])
+    weights = batch["decoder_loss_weights"]
+    want = jnp.sum(_reference(logits, batch["decoder_target_tokens"]) * weights)
+    loss = losses.LMLoss(model)
+    loss_sum, weight_sum, metrics = loss.loss(params, batch, jax.random.PRNGKey(1))
+    np.testing.assert_allclose(loss_sum, want, rtol=1e-6)
+    assert float(weight_sum) == float(jnp.sum(weights)) and metrics == {}
+    evaluated = loss.evaluate(params, batch)
+    assert set(evaluated) == {"loss_sum", "target_tokens"}
+    np.testing.assert_allclose(evaluated["loss_sum"], want, rtol=1e-6)
+    assert float(evaluated["target_tokens"]) == float(jnp.sum(weights))
+
+
+def test_lm_losses_of_equal_models_are_equal():
+    # Each wrap makes new `functools.partial` fields: equality must come from the content.
+    lora_model = lambda rank: lora.LoRA(rank=rank).wrap(decoder.Decoder(configs.ModelConfig()))
+    first, second = losses.LMLoss(lora_model(2)), losses.LMLoss(lora_model(2))
+    assert first == second and hash(first) == hash(second)
+    assert first != losses.LMLoss(lora_model(4))
