@@ -10,6 +10,7 @@ orbax writes them itself (train/checkpoints.py).
     atomic_write_jsonl(path, rows)       rename is atomic; on GCS an object appears whole)
     atomic_write_csv(path, rows, fields)
     atomic_write_bytes(path, data)       figures, binary files
+    append_jsonl(path, row)              one line added to a log (metrics.jsonl); not atomic
     write_operative_config(directory)    config.gin: what gin actually used
     check_fingerprint(directory, fp)     refuses a directory that holds another run
 """
@@ -102,6 +103,24 @@ def atomic_write_csv(
     for row in rows:
         writer.writerow({k: row.get(k) for k in fieldnames})
     atomic_write_text(location, buffer.getvalue())
+
+
+def append_jsonl(location: str | os.PathLike, row: Mapping) -> None:
+    """Appends one JSON line (a log such as metrics.jsonl, written as a run goes)."""
+    target = path(location)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def read_jsonl(location: str | os.PathLike) -> list[dict]:
+    """The rows of a JSONL file; none when it does not exist yet."""
+    target = path(location)
+    if not target.exists():
+        return []
+    return [
+        json.loads(line) for line in target.read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
 
 
 def write_operative_config(directory: str | os.PathLike) -> None:

@@ -1,10 +1,10 @@
 """Run metrics: JSONL (one object per line, appended) and TensorBoard summaries, plus the
 console progress line (step, loss, learning rate, tokens/s, ETA)."""
 
-import json
-import os
 import sys
 import time
+
+from ft_scaling import files
 
 
 class MetricsWriter:
@@ -12,19 +12,18 @@ class MetricsWriter:
 
     def __init__(self, model_dir: str, enabled: bool = True, tensorboard: bool = True):
         self.enabled = enabled
-        self._path = os.path.join(model_dir, "metrics.jsonl")
+        self._path = files.path(model_dir) / "metrics.jsonl"
         self._tb = None
         if enabled and tensorboard:
             import tensorflow as tf  # only for summaries; already loaded by seqio
 
-            self._tb = tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard"))
+            self._tb = tf.summary.create_file_writer(str(files.path(model_dir) / "tensorboard"))
 
     def write(self, step: int, split: str, metrics: dict) -> None:
         if not self.enabled:
             return
         row = {"step": int(step), "split": split, **{k: float(v) for k, v in metrics.items()}}
-        with open(self._path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        files.append_jsonl(self._path, row)
         if self._tb is not None:
             import tensorflow as tf
 
@@ -35,10 +34,8 @@ class MetricsWriter:
 
 
 def read_jsonl(path: str) -> list[dict]:
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The rows of a metrics.jsonl (none before the first write)."""
+    return files.read_jsonl(path)
 
 
 class Progress:

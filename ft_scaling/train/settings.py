@@ -15,7 +15,6 @@
 
 import dataclasses
 import math
-import os
 
 import jax
 
@@ -143,7 +142,7 @@ class Run:
 def setup(run_settings: RunSettings, mesh, rules) -> Run:
     """Builds and checks everything before any step; bad input fails here, by name."""
     initial = run_settings.initial_checkpoint_path
-    if initial and not os.path.isdir(initial):
+    if initial and not files.path(initial).is_dir():
         raise FileNotFoundError(f"INITIAL_CHECKPOINT_PATH {initial} does not exist")
     spec, eval_spec = _input_specs(run_settings)
     for batch_size in (spec.batch_size, run_settings.loop.eval_batch_size):
