@@ -147,7 +147,8 @@ def synthetic_rows(task: str, method: str, noise: float, seeds: int, rng) -> lis
                     "pretrain_tokens": int(pretrain), "trainable_params": int(trainable),
                     "finetune_examples": int(d_f), "steps": 1000, "seed": seed,
                     "test_loss": repr(float(loss)), "test_ppl": repr(float(np.exp(loss))),
-                    "bleu": "", "rouge": "", "run_dir": f"runs/{task}/{method}/{len(rows)}",
-                    "wall_time": 1.0, "config_hash": f"{len(rows):08x}",
+                    "bleu": "", "chrf": "", "rouge_l": "",
+                    "run_dir": f"runs/{task}/{method}/{len(rows)}", "wall_time": 1.0,
+                    "config_hash": f"{len(rows):08x}",
                 })  # fmt: skip
     return rows

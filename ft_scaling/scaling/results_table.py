@@ -25,7 +25,7 @@ from ft_scaling.scaling.procedure import Sweep
 
 COLUMNS = (
     "task", "method", "model_params", "pretrain_tokens", "trainable_params",
-    "finetune_examples", "steps", "seed", "test_loss", "test_ppl", "bleu", "rouge",
+    "finetune_examples", "steps", "seed", "test_loss", "test_ppl", "bleu", "chrf", "rouge_l",
     "run_dir", "wall_time", "config_hash",
 )  # fmt: skip
 FACTORS = ("model_params", "pretrain_tokens", "trainable_params")
