@@ -16,7 +16,7 @@ SUBCOMMANDS = {
     "fit": ("ft_scaling.scaling.fit_cli", "fit scaling laws to a results table"),
     "data": ("ft_scaling.data.data_cli", "build the embedded debian_l10n corpus"),
     "study": ("ft_scaling.study.main", "run a scaling study and write its report"),
-    "search": ("ft_scaling.study.search_main", "early-stopped hyperparameter search (Optuna TPE)"),
+    "search": ("ft_scaling.study.search.main", "early-stopped hyperparameter search (Optuna TPE)"),
     "classify": ("ft_scaling.classify.main", "few-shot classification (FT, PBFT, ICL, distill)"),
     "launch": ("launch.tpu", "launch a study on TPU pods (--dry_run prints commands)"),
 }

@@ -12,12 +12,10 @@ The adaptive text is registered as the seqio task `<task>_adaptive_lm`: its trai
 task's train pool minus the last ADAPTIVE_VALIDATION examples, which form its validation split
 (the trainer's dev perplexity). Evaluation sets are never read. Both stages are ordinary
 `loop.train` runs, so they checkpoint, resume after a kill and write summary.json; a stage whose
-summary says finished is not run again.
+summary says finished is not run again (its summary is returned as it was written).
 """
 
 import dataclasses
-import json
-import os
 
 import seqio
 
@@ -27,6 +25,7 @@ from ft_scaling.data import preprocessors, sources
 from ft_scaling.data import tasks as data_tasks
 from ft_scaling.models import configs
 from ft_scaling.train import loop
+from ft_scaling.train import summary as summary_lib
 
 ADAPTIVE_VALIDATION = 256
 
@@ -88,15 +87,6 @@ def register_adaptive_task(task: tasks.TaskSpec, vocabulary: str) -> str:
     return name
 
 
-def _finished(model_dir: str) -> dict | None:
-    path = os.path.join(model_dir, "summary.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        summary = json.load(f)
-    return summary if summary.get("status") == "finished" else None
-
-
 def run_stage(
     stage: LMStage,
     model_dir: str,
@@ -104,7 +94,7 @@ def run_stage(
     model_config: configs.ModelConfig,
     initial_checkpoint: str | None,
     seed: int = 0,
-) -> dict:
+) -> summary_lib.RunSummary:
     """Trains (or resumes, or skips when finished) one LM stage; returns its summary.
 
     Args:
@@ -114,8 +104,8 @@ def run_stage(
       model_config: the decoder's shapes; initial_checkpoint: the LM to continue (or None).
       seed: data order and initialisation seed.
     """
-    summary = _finished(model_dir)
-    if summary is not None:
+    summary = summary_lib.read(model_dir)
+    if summary is not None and summary.finished:
         return summary
     return loop.train(
         model_dir=model_dir,

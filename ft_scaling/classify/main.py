@@ -1,17 +1,17 @@
 """`ft-scaling classify`: run a few-shot classification study, or rewrite its report.
 
 ft-scaling classify study --gin_file=gin/classify/studies/translation_match.gin --out=runs/cls
-                          [--methods=pbft_full,icl] [--gin.KEY=VALUE ...]
+                          [--methods=pbft_fmt,icl] [--gin.KEY=VALUE ...]
 ft-scaling classify report runs/cls
 """
 
 import argparse
 import logging
-import os
 import sys
 import time
 from collections.abc import Sequence
 
+from ft_scaling import files
 from ft_scaling.config import flags
 
 USAGE = (
@@ -29,16 +29,6 @@ def _parse_study(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--out", required=True, help="study directory (stages, results, report)")
     parser.add_argument("--methods", default=None, help="comma-separated subset of the methods")
     return parser.parse_args(rest), bindings
-
-
-def _write_operative_config(path: str) -> None:
-    """The gin bindings the study used, beside its results (STYLE.md: config in the workdir)."""
-    import gin
-
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(gin.operative_config_str())
-    os.replace(tmp, path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -67,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.time()
     methods = args.methods.split(",") if args.methods else None
     counts = study.run_study(spec, args.out, methods)
-    _write_operative_config(os.path.join(args.out, "config.gin"))
+    files.write_operative_config(args.out)  # OUT/config.gin: the bindings the study used
     print(f"classify study {spec.name}: {counts} in {time.time() - start:.0f}s", file=sys.stderr)
     print(report.write(args.out, spec))
     return 0 if counts["failed"] == 0 else 4

@@ -50,7 +50,7 @@ class MethodSpec:
     Attributes:
       name: row label, e.g. 'pbft_lora'.
       kind: one of KINDS.
-      tuning: finetuning method of the decoder (methods.registry name: 'full', 'lora', ...).
+      tuning: finetuning method of the decoder (methods.registry name: 'fmt', 'lora', ...).
       learning_rate: peak rate (the study's schedule).
       steps: train steps (ignored by icl).
       shots: demonstrations of icl and of the distillation teacher.
@@ -59,7 +59,7 @@ class MethodSpec:
 
     name: str
     kind: str
-    tuning: str = "full"
+    tuning: str = "fmt"
     learning_rate: float = 1e-3
     steps: int = 100
     shots: int = 4
@@ -145,7 +145,7 @@ def _classifier(kind: str, model, num_classes: int):
         raise ValueError(
             f"classification reads the decoder's hidden states; the method's model "
             f"{type(model).__name__} does not provide them (use a tuning method that keeps the "
-            "Decoder, e.g. 'full' or 'lora')"
+            "Decoder, e.g. 'fmt' or 'lora')"
         )
     if kind == "vanilla":
         return head.HeadClassifier(model, num_classes)

@@ -5,27 +5,29 @@
     OUT/results.sqlite  one row per finished run (study/store.py), written atomically
     OUT/report.md, OUT/results.csv   the comparison table (report.py)
 
-A rerun skips finished rows and finished stages (a killed stage resumes from its checkpoint);
-a failed run is recorded with its error and the study goes on. The study's configuration is
-fingerprinted in OUT: rerunning OUT with another configuration is refused, since its rows would
-silently mix two studies. Runs are ordered by method so that runs sharing a compiled step follow
-each other.
+Plan, then execute: `run_ids` lists the runs, and each stage and run goes through the one run
+executor (study/execute.py), which records its row or, for a run, its failure with the
+traceback, and the study goes on (a failed stage stops it: the runs need it). A rerun skips
+finished rows and finished stages (a killed stage resumes from its checkpoint). The study's
+configuration is fingerprinted in OUT: rerunning OUT with another configuration is refused,
+since its rows would silently mix two studies. Runs are ordered by method so that runs sharing
+a compiled step follow each other.
 """
 
 import dataclasses
-import logging
 import os
 import sys
 import time
-import traceback
+
+import jax
 
 import gin
+from ft_scaling import files
 from ft_scaling.classify import adaptive as adaptive_lib
 from ft_scaling.classify import report, run, tasks
+from ft_scaling.study import execute
 from ft_scaling.study import store as store_lib
 from ft_scaling.train import checkpoints
-
-log = logging.getLogger(__name__)
 
 
 @gin.configurable
@@ -93,20 +95,23 @@ def run_stages(study: ClassifyStudy, out_dir: str, store) -> dict:
     return bases
 
 
-def _stage(store, name, stage, model_dir, lm_task, config, initial):
+def _stage(store, name, stage, model_dir, lm_task, config, initial) -> None:
+    """Runs (or resumes, or finds finished) one LM stage and records it; a failure propagates."""
     sys.stderr.write(f"[classify] stage {name}: {stage.steps} LM steps in {model_dir}\n")
-    summary = adaptive_lib.run_stage(stage, model_dir, lm_task, config, initial)
-    if summary.get("status") != "finished":
-        raise RuntimeError(f"stage {name} stopped with status {summary.get('status')!r}")
-    row = {
-        "stage": name,
-        "steps": summary["step"],
-        "dev_loss": summary["final_dev_loss"],
-        "wall_time": summary.get("wall_time_s"),
-        "run_dir": model_dir,
-    }
-    if store.status(f"stage_{name}") != "finished":
-        store.record(f"stage_{name}", "stage", "finished", row)
+
+    def train() -> execute.Record:
+        summary = adaptive_lib.run_stage(stage, model_dir, lm_task, config, initial)
+        execute.check_status(summary, f"stage {name}")
+        row = {
+            "stage": name,
+            "steps": summary.step,
+            "dev_loss": summary.final_dev_loss,
+            "wall_time": summary.wall_time_s,
+            "run_dir": model_dir,
+        }
+        return execute.Record("finished", row)
+
+    execute.execute(store, f"stage_{name}", "stage", train, failed_row=None)
 
 
 def run_ids(study: ClassifyStudy, methods: list | None = None) -> list[tuple]:
@@ -128,8 +133,7 @@ def run_ids(study: ClassifyStudy, methods: list | None = None) -> list[tuple]:
 
 def run_study(study: ClassifyStudy, out_dir: str, methods: list | None = None) -> dict:
     """Runs what is not finished yet and writes the report; returns run counts."""
-    os.makedirs(out_dir, exist_ok=True)
-    checkpoints.check_fingerprint(out_dir, _fingerprint(study))
+    files.check_fingerprint(out_dir, _fingerprint(study), write=jax.process_index() == 0)
     store = store_lib.ResultsStore(os.path.join(out_dir, "results.sqlite"))
     start = time.time()
     bases = run_stages(study, out_dir, store)
@@ -142,28 +146,20 @@ def run_study(study: ClassifyStudy, out_dir: str, methods: list | None = None) -
             counts["skipped"] += 1
             continue
         sys.stderr.write(f"[classify] run {position}/{len(runs)} {run_id}\n")
-        counts[_execute(store, run_id, spec, study.settings, per_class, seed, bases)] += 1
+        record = _execute(store, run_id, spec, study.settings, per_class, seed, bases)
+        counts[record.status] += 1
     counts["wall_time_s"] = round(time.time() - start, 1)
     store.close()
     report.write(out_dir, study)
     return counts
 
 
-def _execute(store, run_id, spec, settings, per_class, seed, bases) -> str:
-    try:
+def _execute(store, run_id, spec, settings, per_class, seed, bases) -> execute.Record:
+    """One classification run (classify/run.py) through the run executor."""
+
+    def train() -> execute.Record:
         row = run.run(spec, settings, per_class, seed, bases)
-    except KeyboardInterrupt:
-        raise
-    except Exception as err:  # recorded with its error; the study goes on
-        message = f"{type(err).__name__}: {err}"
-        log.error("run %s failed: %s", run_id, message)
-        store.record(
-            run_id,
-            "classify",
-            "failed",
-            {"method": spec.name, "per_class": per_class, "seed": seed},
-            f"{message}\n{traceback.format_exc()[-4000:]}",
-        )
-        return "failed"
-    store.record(run_id, "classify", "finished", {**row, "method_config": repr(spec)})
-    return "finished"
+        return execute.Record("finished", {**row, "method_config": repr(spec)})
+
+    failed = {"method": spec.name, "per_class": per_class, "seed": seed}
+    return execute.execute(store, run_id, "classify", train, failed)

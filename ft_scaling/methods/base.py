@@ -35,7 +35,7 @@ class Method:
     `is_method_param` (which parameters they add).
     """
 
-    name = "full"
+    name = "fmt"
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """Returns the model to train; its params tree extends the base model's unchanged."""

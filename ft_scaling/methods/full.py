@@ -11,4 +11,4 @@ from ft_scaling.methods import base
 class FullModelTuning(base.Method):
     """All parameters trainable; adds none. Identical to `base.Method`, under a gin name."""
 
-    name = "full"
+    name = "fmt"

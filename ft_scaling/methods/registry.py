@@ -1,14 +1,15 @@
 """Method names -> classes, and the gin file that selects each.
 
-A run selects its method with one gin file, `gin/methods/<name>.gin`, which binds the macro
+A run selects its method with one gin file, `gin/methods/<module>.gin`, named for the module
+that implements the method (`full.gin` selects 'fmt', methods/full.py), which binds the macro
 `METHOD` (e.g. `METHOD = @lora.LoRA()`) and the method's recipe (`LEARNING_RATE`, `BATCH_SIZE`,
-`LORA_RANK`, ...). The study sweep and the results store use the names here. Adding a method:
-a module in methods/, a gin file, a test and one line in `METHODS`; no trainer edit.
+`LORA_RANK`, ...). The names here are the ones everything else uses: a study's `method` column,
+a classification method's `tuning`, PAPER.md's tables ('fmt', 'prompt', 'lora'). Adding a
+method: a module in methods/, a gin file, a test and one line in `METHODS`; no trainer edit.
 """
 
 import os
 
-import gin
 from ft_scaling.methods import base, bitfit, freeze, full, lora, prompt
 
 METHODS: dict[str, type[base.Method]] = {
@@ -31,13 +32,7 @@ def get(name: str) -> type[base.Method]:
     return METHODS[name]
 
 
-@gin.configurable
-def create(name: str = gin.REQUIRED) -> base.Method:
-    """Builds the named method; its fields come from gin bindings of its class."""
-    return get(name)()
-
-
 def gin_file(name: str) -> str:
     """The gin file selecting method `name`, relative to the repository root."""
-    get(name)
-    return os.path.join(GIN_DIR, f"{name}.gin")
+    module = get(name).__module__.rsplit(".", 1)[-1]
+    return os.path.join(GIN_DIR, f"{module}.gin")

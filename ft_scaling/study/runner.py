@@ -1,32 +1,31 @@
 """Runs a study's runs in order on this machine (or this worker's share), resumably.
 
+    plan      expand the study (sweep.py); the leader writes plan.json and report_settings.json
     for run in assigned runs:             pretraining first, then finetuning
         finished in the store?  -> skip
-        checkpoint in its dir?  -> the trainer resumes it bit-identically
-        train, evaluate test PPL with the best dev checkpoint, record one row (atomically)
-        raised?                 -> recorded as failed with its error; the study goes on
+        depends on another run? -> wait until its summary.json says finished
+        execute (execute.py)    -> gin run through loop.train: a checkpoint in its dir is
+                                   resumed bit-identically; test PPL of the best dev checkpoint;
+                                   generation metrics when the study asks for them
+                                -> one row, recorded atomically; raised? recorded as failed
+                                   with its error, and the study goes on
 
 Killing the study at any moment loses at most the run in flight (and not even that: its
 checkpoints remain); running the same command again continues where it stopped.
 """
 
 import dataclasses
-import json
-import logging
 import math
 import os
 import sys
 import time
-import traceback
 
 import jax
 
-from ft_scaling.config import flags
+from ft_scaling import files
+from ft_scaling.study import execute, generation, sweep
 from ft_scaling.study import store as store_lib
-from ft_scaling.study import sweep
-from ft_scaling.train import checkpoints
-
-log = logging.getLogger(__name__)
+from ft_scaling.train import summary as summary_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +41,7 @@ class Worker:
 
 def write_plan(runs: list[sweep.Run], out_dir: str) -> None:
     """The expanded study, for people and for other workers (same content from every worker)."""
-    plan = [
+    entries = [
         {
             "run_id": r.run_id,
             "kind": r.kind,
@@ -53,7 +52,43 @@ def write_plan(runs: list[sweep.Run], out_dir: str) -> None:
         }
         for r in runs
     ]
-    checkpoints.atomic_write_json(os.path.join(out_dir, "plan.json"), plan)
+    files.atomic_write_json(files.path(out_dir) / "plan.json", entries)
+
+
+def plan(study: sweep.Study, out_dir: str, leader: bool = True) -> list[sweep.Run]:
+    """Every run of the study; the leader also writes plan.json and report_settings.json."""
+    runs = sweep.expand(study, out_dir)
+    if leader:
+        write_plan(runs, out_dir)
+        settings = {"held_out": study.held_out, "bootstrap": study.report_bootstrap}
+        files.atomic_write_json(files.path(out_dir) / "report_settings.json", settings)
+    return runs
+
+
+@dataclasses.dataclass(frozen=True)
+class _Execution:
+    """What executing a run of the study needs besides the run itself."""
+
+    out_dir: str
+    store: object
+    by_id: dict[str, sweep.Run]
+    dependency_timeout_s: float
+    generation_metrics: generation.GenerationMetrics | None
+
+    def execute(self, run: sweep.Run) -> execute.Record:
+        """Waits for the run's dependency, trains it, records its row (or its failure)."""
+        model_dir = run.model_dir(self.out_dir)
+
+        def train() -> execute.Record:
+            if run.depends_on:
+                _wait_for(self.by_id[run.depends_on], self.out_dir, self.dependency_timeout_s)
+            summary = execute.train_run(run, model_dir)
+            return execute.Record(
+                "finished", _row(run, summary, model_dir, self.generation_metrics)
+            )
+
+        failed = {**run.record, "run_dir": model_dir}
+        return execute.execute(self.store, run.run_id, run.kind, train, failed)
 
 
 def run_study(
@@ -63,36 +98,39 @@ def run_study(
     dependency_timeout_s: float = 6 * 3600,
 ) -> dict:
     """Runs this worker's share of the study; returns counts of finished/failed/skipped runs."""
-    os.makedirs(out_dir, exist_ok=True)
+    files.path(out_dir).mkdir(parents=True, exist_ok=True)
     # On a multi-host pod every host trains every run (the hosts form one mesh); only the
     # first writes the plan and the store.
     from ft_scaling.train import partitioning
 
     partitioning.initialize_distributed()
     leader = jax.process_index() == 0
-    runs = sweep.expand(study, out_dir)
-    if leader:
-        write_plan(runs, out_dir)
-        settings = {"held_out": study.held_out, "bootstrap": study.report_bootstrap}
-        checkpoints.atomic_write_json(os.path.join(out_dir, "report_settings.json"), settings)
+    runs = plan(study, out_dir, leader)
     mine = sweep.assigned(runs, worker.index, worker.count)
     path = worker.store_path(out_dir)
     store = store_lib.ResultsStore(path) if leader else _ReadOnlyStore(path)
-    by_id = {r.run_id: r for r in runs}
+    execution = _Execution(
+        out_dir, store, {r.run_id: r for r in runs}, dependency_timeout_s, study.generation_metrics
+    )
+    try:
+        return _run_all(study.name, mine, execution)
+    finally:
+        store.close()
+
+
+def _run_all(name: str, mine: list[sweep.Run], execution: _Execution) -> dict:
     counts = {"finished": 0, "failed": 0, "skipped": 0, "total": len(mine)}
     started, done_now = time.time(), 0
     for position, run in enumerate(mine, start=1):
-        if store.status(run.run_id) == "finished":
+        if execution.store.status(run.run_id) == "finished":
             counts["skipped"] += 1
             continue
         eta = _eta(started, done_now, len(mine) - position + 1)
         sys.stderr.write(
-            f"[study {study.name}] run {position}/{len(mine)} {_describe(run)} (ETA {eta})\n"
+            f"[study {name}] run {position}/{len(mine)} {_describe(run)} (ETA {eta})\n"
         )
-        status = _execute(run, by_id, out_dir, store, dependency_timeout_s)
-        counts[status] += 1
+        counts[execution.execute(run).status] += 1
         done_now += 1
-    store.close()
     return counts
 
 
@@ -131,40 +169,14 @@ def _describe(run: sweep.Run) -> str:
     )
 
 
-def _execute(run, by_id, out_dir, store, dependency_timeout_s) -> str:
-    model_dir = run.model_dir(out_dir)
-    try:
-        if run.depends_on:
-            _wait_for(by_id[run.depends_on], out_dir, dependency_timeout_s)
-        summary, model_params = _train(run, model_dir)
-        row = _row(run, summary, model_params, model_dir)
-        store.record(run.run_id, run.kind, "finished", row)
-        return "finished"
-    except KeyboardInterrupt:
-        raise
-    except Exception as err:  # recorded, reported at the end; the study goes on
-        message = f"{type(err).__name__}: {err}"
-        log.error("run %s failed: %s", run.run_id, message)
-        tail = traceback.format_exc()[-4000:]
-        store.record(
-            run.run_id,
-            run.kind,
-            "failed",
-            {**run.record, "run_dir": model_dir},
-            f"{message}\n{tail}",
-        )
-        return "failed"
-
-
 def _wait_for(dependency: sweep.Run, out_dir: str, timeout_s: float) -> None:
     """Blocks until another run (maybe another worker's) has finished; its summary says so."""
-    path = os.path.join(dependency.model_dir(out_dir), "summary.json")
+    model_dir = dependency.model_dir(out_dir)
     deadline = time.time() + timeout_s
     while time.time() < deadline:
-        if os.path.exists(path):
-            with open(path) as f:
-                if json.load(f).get("status") == "finished":
-                    return
+        summary = summary_lib.read(model_dir)
+        if summary is not None and summary.finished:
+            return
         if _failed_elsewhere(dependency.run_id, out_dir):
             raise RuntimeError(f"run {dependency.run_id} this run depends on has failed")
         time.sleep(2.0)
@@ -180,34 +192,29 @@ def _failed_elsewhere(run_id: str, out_dir: str) -> bool:
     return False
 
 
-def _train(run: sweep.Run, model_dir: str) -> tuple[dict, int]:
-    flags.parse_gin(run.gin_files, [*run.bindings, f"MODEL_DIR={model_dir!r}"])
-    from ft_scaling.models import configs
-    from ft_scaling.train import loop
-
-    model_params = configs.param_count(configs.ModelConfig())
-    summary = loop.train()
-    if summary.get("status") != "finished":
-        raise RuntimeError(f"training stopped with status {summary.get('status')!r}")
-    return summary, model_params
-
-
-def _row(run: sweep.Run, summary: dict, model_params: int, model_dir: str) -> dict:
+def _row(
+    run: sweep.Run,
+    summary: summary_lib.RunSummary,
+    model_dir: str,
+    generation_metrics: generation.GenerationMetrics | None,
+) -> dict:
+    """The results row of a finished run (DESIGN.md §3); decodes test examples if asked to."""
     row = {
         **run.record,
-        "model_params": model_params,
-        "trainable_params": summary["trainable_params"],
-        "steps": summary["step"],
-        "dev_loss": summary["best_dev_loss"],
-        "test_loss": summary.get("test_loss"),
-        "test_ppl": summary.get("test_ppl"),
+        "model_params": summary.model_params,
+        "trainable_params": summary.trainable_params,
+        "steps": summary.step,
+        "dev_loss": summary.best_dev_loss,
+        "test_loss": summary.test_loss,
+        "test_ppl": summary.test_ppl,
         "run_dir": model_dir,
-        "wall_time": summary["wall_time_s"],
+        "wall_time": summary.wall_time_s,
         "config_hash": run.run_id,
     }
-    for key in ("bleu", "rouge"):
-        if key in summary:
-            row[key] = summary[key]
-    if run.kind == "finetune" and not math.isfinite(row["test_loss"] or float("nan")):
+    if run.kind != "finetune":
+        return row
+    if not math.isfinite(row["test_loss"] or float("nan")):
         raise RuntimeError(f"run {run.run_id} produced no finite test loss")
+    if generation_metrics is not None:  # under the run's gin config, still parsed
+        row.update(generation.measure(model_dir, generation_metrics))
     return row

@@ -1,15 +1,17 @@
 """The results store: one SQLite row per run, written in a transaction (never half a row).
 
 Columns of the exported table (DESIGN.md §3): task, method, model_params, pretrain_tokens,
-trainable_params, finetune_examples, steps, seed, test_loss, test_ppl, bleu, rouge, run_dir,
-wall_time, config_hash, plus model_name, pet_size and status/error for the report.
+trainable_params, finetune_examples, steps, seed, test_loss, test_ppl, the generation metrics
+bleu, chrf, rouge_l (empty unless the study decodes, study/generation.py), run_dir, wall_time,
+config_hash, plus model_name, pet_size and dev_loss for the report.
 """
 
-import csv
 import json
 import os
 import sqlite3
 import time
+
+from ft_scaling import files
 
 COLUMNS = (
     "task",
@@ -26,7 +28,8 @@ COLUMNS = (
     "test_loss",
     "test_ppl",
     "bleu",
-    "rouge",
+    "chrf",
+    "rouge_l",
     "run_dir",
     "wall_time",
     "config_hash",
@@ -110,11 +113,5 @@ def finished_finetune_rows(out_dir: str) -> list[dict]:
 
 
 def export_csv(rows: list[dict], path: str) -> None:
-    """Writes the results table atomically (temp file, then rename)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: row.get(k) for k in COLUMNS})
-    os.replace(tmp, path)
+    """Writes the results table atomically (files.atomic_write_csv: a temp file, then rename)."""
+    files.atomic_write_csv(path, rows, COLUMNS)

@@ -19,6 +19,7 @@ import json
 from collections.abc import Mapping, Sequence
 
 import gin
+from ft_scaling.study import generation
 
 PRETRAIN_GIN = "t5x_configs/runs/pretrain.gin"
 FINETUNE_GIN = "t5x_configs/runs/finetune.gin"
@@ -51,8 +52,10 @@ class MethodGrid:
     """One finetuning method of the study and its grids.
 
     Attributes:
-      name: 'fmt', 'prompt', 'lora', ... (the results' `method` column).
-      method_gin: gin/methods/<name>.gin.
+      name: 'fmt', 'prompt', 'lora', ... (the results' `method` column; by convention the
+        methods.registry name).
+      method_gin: the method's gin file, `registry.gin_file(name)` (gin/methods/full.gin for
+        'fmt': the file is named for its module, methods/full.py).
       finetune_examples: the D_f grid.
       size_macro: the PET-size macro ('PROMPT_LENGTH', 'LORA_RANK'), None for FMT.
       default_size: the PET size of the model-size and pretraining-data axes.
@@ -86,6 +89,8 @@ class Study:
       gin_files: extra gin files of every run (e.g. the task gin).
       held_out: the fitter's held-out rule for the report ('paper', 'largest_x', 'largest_d',
         'none'); report_bootstrap: bootstrap replicates of the report's fits.
+      generation_metrics: decode test examples of every finished finetuning run and store
+        BLEU/chrF or ROUGE-L in its row (study/generation.py); None (default) skips it.
     """
 
     name: str
@@ -101,6 +106,7 @@ class Study:
     gin_files: tuple[str, ...] = ()
     held_out: str = "paper"
     report_bootstrap: int = 100
+    generation_metrics: generation.GenerationMetrics | None = None
 
 
 @dataclasses.dataclass(frozen=True)

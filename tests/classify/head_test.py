@@ -44,7 +44,7 @@ def _toy(count, seed):
 def test_vanilla_finetuning_learns_a_trivially_learnable_set(kit):
     # Three classes, length 48 and batch 4: methods_test's vanilla_full run compiles the same.
     settings = run.RunSettings(model_config=kit.TINY, sequence_length=48)
-    spec = run.MethodSpec("vanilla", "vanilla", "full", learning_rate=1e-2, steps=60)
+    spec = run.MethodSpec("vanilla", "vanilla", "fmt", learning_rate=1e-2, steps=60)
     mesh, rules = partitioning.make_mesh(), partitioning.logical_rules()
     model = run.build_model(spec, settings, 3, None, 0, mesh, rules)
     assert isinstance(model.classifier, head.HeadClassifier)

@@ -19,10 +19,10 @@ SETTINGS = dict(
 )
 # Full and LoRA both appear; shapes match head_test's, so the suite compiles each step once.
 METHODS = {
-    "vanilla_full": run.MethodSpec("vanilla_full", "vanilla", "full", 1e-3, steps=3),
+    "vanilla_full": run.MethodSpec("vanilla_full", "vanilla", "fmt", 1e-3, steps=3),
     "pbft_lora": run.MethodSpec("pbft_lora", "pbft", "lora", 1e-2, steps=3),
     "icl": run.MethodSpec("icl", "icl", shots=2),
-    "distill_full": run.MethodSpec("distill_full", "distill", "full", 1e-3, steps=3, shots=2),
+    "distill_full": run.MethodSpec("distill_full", "distill", "fmt", 1e-3, steps=3, shots=2),
 }
 
 

@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from ft_scaling import files
 from ft_scaling.classify import main as classify_main
 from ft_scaling.classify import study
 from ft_scaling.config import flags
@@ -32,7 +33,7 @@ BINDINGS = [
     "FT_STEPS = 2",
     "SHOTS = 1",
     "EVAL_EXAMPLES = 8",
-    "METHODS = [@icl/MethodSpec(), @adaptive_pbft_full/MethodSpec()]",
+    "METHODS = [@icl/MethodSpec(), @adaptive_pbft_fmt/MethodSpec()]",
     "RunSettings.field_tokens = 8",
     "RunSettings.sequence_length = 48",
     "RunSettings.icl_sequence_length = 160",
@@ -57,14 +58,14 @@ def test_study_runs_resumes_and_reports(tmp_path):
     assert os.path.exists(os.path.join(out, "adaptive", "summary.json"))
     report = open(os.path.join(out, "report.md")).read()
     assert "| method | kind | tuning | base | 2/class |" in report
-    assert "| adaptive_pbft_full | pbft | full | adaptive | " in report
+    assert "| adaptive_pbft_fmt | pbft | fmt | adaptive | " in report
     assert "stage `adaptive`: 2 LM steps" in report
 
     again = study.run_study(_study(), out)
     assert (again["skipped"], again["finished"]) == (2, 0)
-    with pytest.raises(checkpoints.CheckpointError, match="adaptive_pbft_full_k2_seed0"):
+    with pytest.raises(checkpoints.CheckpointError, match="adaptive_pbft_fmt_k2_seed0"):
         study.run_study(_study(["FT_STEPS = 3"]), out)
-    with pytest.raises(checkpoints.CheckpointError, match="another configuration"):
+    with pytest.raises(files.FingerprintError, match="another configuration"):
         study.run_study(_study(["EVAL_EXAMPLES = 16"]), out)
 
     assert classify_main.main(["report", out]) == 0

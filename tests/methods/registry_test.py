@@ -8,7 +8,7 @@ from ft_scaling.methods import bitfit, freeze, full, lora, prompt, registry
 
 # PAPER.md §3 (App "Optimization"): learning rates 3e-1 / 1e-2 / 1e-3, batch 16 PET / 128 FMT.
 PAPER_RECIPES = {
-    "full": (full.FullModelTuning, 1e-3, 128),
+    "fmt": (full.FullModelTuning, 1e-3, 128),
     "prompt": (prompt.PromptTuning, 3e-1, 16),
     "lora": (lora.LoRA, 1e-2, 16),
     "bitfit": (bitfit.BitFit, 1e-2, 16),
@@ -40,9 +40,12 @@ def test_paper_defaults_and_macro_overrides():
     assert _method_from_gin("freeze", ["FREEZE_TOP_K = 3"]).top_k == 3
 
 
-def test_create_by_name_and_unknown_names():
-    gin.bind_parameter("LoRA.rank", 8)
-    assert registry.create("lora") == lora.LoRA(rank=8)
+def test_gin_files_are_named_for_their_modules():
+    assert registry.gin_file("fmt") == "gin/methods/full.gin"  # methods/full.py
+    assert registry.gin_file("lora") == "gin/methods/lora.gin"
+
+
+def test_unknown_names():
     with pytest.raises(KeyError, match=r"unknown finetuning method 'adapter'.*'bitfit'"):
         registry.get("adapter")
-    assert sorted(registry.METHODS) == ["bitfit", "freeze", "full", "lora", "prompt"]
+    assert sorted(registry.METHODS) == ["bitfit", "fmt", "freeze", "lora", "prompt"]

@@ -12,7 +12,7 @@ import pytest
 
 from ft_scaling.config import flags
 from ft_scaling.scaling import procedure
-from ft_scaling.study import sweep
+from ft_scaling.study import generation, sweep
 
 B = 10**9
 OUT = "/study"
@@ -191,6 +191,18 @@ def test_paper_held_out_rule_picks_the_bold_t1b_points(name):
             )
             assert sizes == {max(PROMPT_LENGTHS if method == "prompt" else LORA_RANKS)}
     assert study.held_out == "paper"
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_finetuning_runs_decode_test_examples_greedily(name):
+    # PAPER.md §4: greedy decoding; ROUGE-L for summarization, BLEURT (we: BLEU/chrF) otherwise.
+    metrics = ("rouge",) if PAPER[name]["task"] == "mlsum" else ("bleu", "chrf")
+    expected = generation.GenerationMetrics(examples=1000, metrics=metrics, beam_size=1)
+    assert _study(name).generation_metrics == expected
+
+
+def test_the_demo_study_does_not_decode():
+    assert _study("demo").generation_metrics is None
 
 
 def test_mlsum_shares_the_ende_pretraining_runs():

@@ -2,7 +2,7 @@
 
 import io
 
-from ft_scaling.study import search_progress
+from ft_scaling.study.search import progress as search_progress
 
 
 class Clock:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from ft_scaling.study import search_report, store
+from ft_scaling.study import store
+from ft_scaling.study.search import report as search_report
 
 
 def test_spearman_rho_equals_scipy_and_the_rank_difference_formula():

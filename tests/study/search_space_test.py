@@ -7,8 +7,9 @@ import pytest
 
 import gin
 from ft_scaling.config import flags
-from ft_scaling.study import search_config, search_space
-from ft_scaling.study.search_space import SearchSpace, SearchSpaceError
+from ft_scaling.study.search import config as search_config
+from ft_scaling.study.search import space as search_space
+from ft_scaling.study.search.space import SearchSpace, SearchSpaceError
 
 MICRO = "tests/study/micro_search.gin"
 SPACE = {

@@ -1,6 +1,6 @@
 """The early-stopped search, end to end on a micro search (tiny_0, 3 trials of 8 steps).
 
-Training is counted two ways: calls of `search.train_run` (a finished trial is never trained
+Training is counted two ways: calls of `execute.train_run` (a finished trial is never trained
 again) and jitted train steps (a resumed trial repeats no step). Kills are simulated in
 process: SIGTERM mid-training (the trainer saves and stops, as on preemption) and
 KeyboardInterrupt between runs; every rerun must end where an uninterrupted search ends.
@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 from ft_scaling.config import flags
-from ft_scaling.study import search, search_config
+from ft_scaling.study import execute
+from ft_scaling.study.search import config as search_config
+from ft_scaling.study.search import run as search
 from ft_scaling.train import trainer
 
 MICRO = "tests/study/micro_search.gin"
@@ -35,7 +37,7 @@ class Counter:
         self.calls, self.steps = [], 0
         self._sigterm, self._interrupt = set(sigterm_at_step), set(interrupt_at_call)
         self._attempts, self._tells = 0, 0
-        real_train_run, real_jit_steps = search.train_run, trainer.jit_steps
+        real_train_run, real_jit_steps = execute.train_run, trainer.jit_steps
         real_tell = search._tell_early
 
         def tell_early(*args):
@@ -63,7 +65,7 @@ class Counter:
 
             return counted, eval_fn
 
-        monkeypatch.setattr(search, "train_run", train_run)
+        monkeypatch.setattr(execute, "train_run", train_run)
         monkeypatch.setattr(search, "_tell_early", tell_early)
         monkeypatch.setattr(trainer, "jit_steps", jit_steps)
 
@@ -131,9 +133,9 @@ def test_a_continued_trial_equals_one_uninterrupted_run(reference, tmp_path):
     out, _, rows, _, _ = reference
     row = min(rows.values(), key=lambda r: r["early_dev_loss"])
     run = search_config.trial_run(_search(), row["params"], out)
-    summary = search.train_run(run, str(tmp_path / "straight"))
-    assert summary["best_dev_loss"] == row["final_dev_loss"]
-    assert summary["test_loss"] == row["test_loss"]
+    summary = execute.train_run(run, str(tmp_path / "straight"))
+    assert summary.best_dev_loss == row["final_dev_loss"]
+    assert summary.test_loss == row["test_loss"]
 
 
 def test_rerunning_a_finished_search_trains_nothing(reference, monkeypatch):
@@ -154,7 +156,7 @@ def _run_with_kills(config, out_dir: str, plans: list[dict]):
             try:
                 counts = search.run_search(config, out_dir)
                 finished = True
-            except (search.SearchInterrupted, KeyboardInterrupt):
+            except (execute.Preempted, KeyboardInterrupt):
                 finished = False
         calls += counter.calls
         steps += counter.steps

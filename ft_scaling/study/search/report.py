@@ -11,9 +11,8 @@ early and final metric with its p-value (scipy.stats.spearmanr), and how many of
 top-k are among the final top-k. Ties in a ranking go to the earlier trial.
 """
 
-import csv
 import dataclasses
-import json
+import io
 import math
 import os
 
@@ -21,8 +20,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from scipy import stats
 
-from ft_scaling.study import search_progress
+from ft_scaling import files
 from ft_scaling.study import store as store_lib
+from ft_scaling.study.search import progress as search_progress
 
 OVERLAP_K = 5
 
@@ -63,8 +63,7 @@ def rank_agreement(early, final, k: int = OVERLAP_K) -> RankAgreement:
 
 def load(out_dir: str) -> tuple[dict, list[dict]]:
     """(search settings, trial rows ordered by first trial number)."""
-    with open(os.path.join(out_dir, "search_settings.json")) as f:
-        settings = json.load(f)
+    settings = files.read_json(files.path(out_dir) / "search_settings.json")
     store = store_lib.ResultsStore(os.path.join(out_dir, "results.sqlite"))
     rows = store.rows(kind="trial")
     store.close()
@@ -95,15 +94,12 @@ def write_csv(rows: list[dict], metric: str, path: str) -> None:
     fields = ["trials", "run_id", "status", *keys, "early_step", "total_steps"]
     fields += ["early_dev_loss", "early_dev_ppl", "early_rank", "final_dev_loss", "final_dev_ppl"]
     fields += ["final_rank", "test_loss", "test_ppl", "pruned", "run_dir"]
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            out = {**row, **row.get("params", {}), "trials": " ".join(map(str, row["trials"]))}
-            out.update(early_rank=early.get(row["run_id"]), final_rank=final.get(row["run_id"]))
-            writer.writerow(out)
-    os.replace(tmp, path)
+    table = []
+    for row in rows:
+        out = {**row, **row.get("params", {}), "trials": " ".join(map(str, row["trials"]))}
+        out.update(early_rank=early.get(row["run_id"]), final_rank=final.get(row["run_id"]))
+        table.append(out)
+    files.atomic_write_csv(path, table, fields)
 
 
 def plot(rows: list[dict], metric: str, result: RankAgreement | None, path: str) -> bool:
@@ -136,7 +132,9 @@ def plot(rows: list[dict], metric: str, result: RankAgreement | None, path: str)
             f"(orange) in the final top {result.k} (shaded)",
             fontsize=10,
         )
-    figure.savefig(path, dpi=150)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=150)
+    files.atomic_write_bytes(path, buffer.getvalue())
     return True
 
 
@@ -169,9 +167,7 @@ def write_report(out_dir: str) -> str:
     last = agreement(rows, metric, "last")
     lines += _agreement_section(settings, result, last, stalled, plotted)
     path = os.path.join(out_dir, "search_report.md")
-    with open(f"{path}.tmp", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(f"{path}.tmp", path)
+    files.atomic_write_text(path, "\n".join(lines) + "\n")
     return path
 
 

@@ -9,7 +9,11 @@
     continue the `top_k` best trials by early metric (or all: `full_budget_for='all'`) resume
              in their MODEL_DIR to the full budget, so the early steps are not paid twice and
              the result equals an uninterrupted run; final metric = best dev metric of the run
-    report   `search_report.py`: trials, best config, Spearman(early, final), top-5 overlap
+    report   `report.py`: trials, best config, Spearman(early, final), top-5 overlap
+
+Every phase of every run is trained and recorded by the one run executor (study/execute.py):
+a run raising an error is recorded as failed and the search goes on; a preempted trainer
+(`execute.Preempted`) and KeyboardInterrupt stop the search, and a rerun continues it.
 
 Why Optuna's TPE and not Vizier: both are maintained Bayesian optimisers; Optuna is pure Python
 (Vizier's package brings gRPC and a service layer), its ask/tell interface lets a trial train
@@ -28,44 +32,21 @@ by the hash of its portable config, and written before Optuna is told, so:
 
 import logging
 import os
-import traceback
 
 import optuna
 from optuna.trial import TrialState
 
-from ft_scaling.config import flags
-from ft_scaling.study import search_config, search_progress, sweep
+from ft_scaling.study import execute
 from ft_scaling.study import store as store_lib
+from ft_scaling.study.search import config as search_config
+from ft_scaling.study.search import progress as search_progress
+from ft_scaling.train import summary as summary_lib
 
 log = logging.getLogger(__name__)
 
 # trial.report steps are percent of a trial's budget: comparable across trials whose step
 # counts differ (batch size and epochs are searched), as a pruner needs.
 REPORT_STEPS = 100
-
-
-class SearchInterrupted(RuntimeError):
-    """Training was preempted (SIGTERM); its checkpoint is saved and a rerun continues."""
-
-
-def train_run(run: sweep.Run, model_dir: str, budget_fraction: float = 1.0) -> dict:
-    """Trains `run` (or resumes it) through the normal trainer; returns its summary.
-
-    Raises:
-      SearchInterrupted: the trainer was preempted; its checkpoint is saved.
-    """
-    bindings = [*run.bindings, f"MODEL_DIR={model_dir!r}"]
-    if budget_fraction < 1.0:
-        bindings.append(f"train.budget_fraction={budget_fraction!r}")
-    flags.parse_gin(run.gin_files, bindings)
-    from ft_scaling.train import loop
-
-    summary = loop.train()
-    if summary.get("status") == "preempted":
-        raise SearchInterrupted(f"run {run.run_id} was preempted at step {summary['step']}")
-    if summary.get("status") not in ("finished", "paused"):
-        raise RuntimeError(f"training stopped with status {summary.get('status')!r}")
-    return summary
 
 
 def open_study(search: search_config.Search, out_dir: str) -> optuna.Study:
@@ -127,20 +108,27 @@ def trial_rows(store: store_lib.ResultsStore) -> dict[str, dict]:
 
 
 def _pretrain(search, out_dir, store, progress) -> None:
+    """Pretrains the base model unless it is recorded; a failure stops the search (every
+    trial starts from it), so nothing is recorded then."""
     run = search_config.pretrain_run(search, out_dir)
     if run is None or store.status(run.run_id) == "finished":
         return
     progress.say(f"pretraining {search.base_model.name} ({search.base_model.pretrain_steps} steps)")
-    summary = train_run(run, run.model_dir(out_dir))
-    row = {
-        **run.record,
-        "steps": summary["step"],
-        "dev_loss": summary["best_dev_loss"],
-        "run_dir": run.model_dir(out_dir),
-        "wall_time": summary["wall_time_s"],
-        "config_hash": run.run_id,
-    }
-    store.record(run.run_id, run.kind, "finished", row)
+    model_dir = run.model_dir(out_dir)
+
+    def train() -> execute.Record:
+        summary = execute.train_run(run, model_dir)
+        row = {
+            **run.record,
+            "steps": summary.step,
+            "dev_loss": summary.best_dev_loss,
+            "run_dir": model_dir,
+            "wall_time": summary.wall_time_s,
+            "config_hash": run.run_id,
+        }
+        return execute.Record("finished", row)
+
+    execute.execute(store, run.run_id, run.kind, train, failed_row=None)
 
 
 def _done(study: optuna.Study) -> int:
@@ -177,34 +165,45 @@ def _explore(search, study, store, out_dir, progress) -> None:
         run = search_config.trial_run(search, values, out_dir)
         trial.set_user_attr("run_id", run.run_id)
         progress.trial_started(done + 1, trial.number, values)
-        try:
-            row, trained = _early_phase(search, run, trial.number, store, out_dir)
-        except (KeyboardInterrupt, SearchInterrupted):
-            raise
-        except Exception as err:  # recorded; the search goes on (TPE ignores failed trials)
-            message = _record_failure(store, run, out_dir, err)
-            trial.set_user_attr("error", message.splitlines()[0][:500])
+        record, trained = _early_phase(search, run, trial.number, store, out_dir)
+        if record.status == "failed":  # recorded; the search goes on (TPE ignores it)
+            trial.set_user_attr("error", record.error.splitlines()[0][:500])
             study.tell(trial, state=TrialState.FAIL)
-            progress.trial_failed(trial.number, message)
+            progress.trial_failed(trial.number, record.error)
             continue
+        row = {**record.row, "run_id": run.run_id, "status": record.status}
         _tell_early(search, study, trial, row, store)
         progress.trial_done(trial.number, row, search.metric, trained)
 
 
-def _early_phase(search, run, number, store, out_dir) -> tuple[dict, bool]:
-    """(row, trained): the run's row after its early phase, trained only if not recorded."""
-    row = trial_rows(store).get(run.run_id)
-    trained = row is None or row.get(f"early_{search.metric}") is None
-    if trained:
-        model_dir = run.model_dir(out_dir)
-        summary = train_run(run, model_dir, search.early_fraction)
-        row = {**run.record, **_early_fields(summary), "run_dir": model_dir}
-        row.update(config_hash=run.run_id, status="early", trials=[])
-        if summary["status"] == "finished":  # a budget so small the early phase is all of it
-            row.update(_final_fields(summary), status="finished")
-    row["trials"] = sorted({*row.get("trials", []), number})
-    store.record(run.run_id, "trial", row["status"], _stored(row))
-    return row, trained
+def _early_phase(search, run, number, store, out_dir) -> tuple[execute.Record, bool]:
+    """(record, trained): the run's record after its early phase, trained only if its row has
+    no early metric yet; the trial number joins the row's `trials` either way."""
+    before = trial_rows(store).get(run.run_id)
+    trained = before is None or before.get(f"early_{search.metric}") is None
+    model_dir = run.model_dir(out_dir)
+
+    def train() -> execute.Record:
+        row = before
+        if trained:
+            summary = execute.train_run(run, model_dir, search.early_fraction)
+            row = _early_row(run, summary, model_dir)
+        row = {**row, "trials": sorted({*row.get("trials", []), number})}
+        return execute.Record(row["status"], _stored(row))
+
+    failed = _stored(before or {**run.record, "run_dir": model_dir})
+    record = execute.execute(
+        store, run.run_id, "trial", train, failed, propagate=(execute.Preempted,)
+    )
+    return record, trained
+
+
+def _early_row(run, summary: summary_lib.RunSummary, model_dir: str) -> dict:
+    row = {**run.record, **_early_fields(summary), "run_dir": model_dir}
+    row.update(config_hash=run.run_id, status="early", trials=[])
+    if summary.finished:  # a budget so small the early phase is all of it
+        row.update(_final_fields(summary), status="finished")
+    return row
 
 
 def _stored(row: dict) -> dict:
@@ -212,29 +211,29 @@ def _stored(row: dict) -> dict:
     return {k: v for k, v in row.items() if k not in ("run_id", "kind", "status", "error")}
 
 
-def _early_fields(summary: dict) -> dict:
+def _early_fields(summary: summary_lib.RunSummary) -> dict:
     return {
-        "early_step": summary["step"],
-        "total_steps": summary["total_steps"],
-        "early_dev_loss": summary["final_dev_loss"],
-        "early_dev_ppl": summary["final_dev_ppl"],
-        "early_wall_time": summary["wall_time_s"],
-        "early_compile_time": summary.get("compile_time_s"),
-        "trainable_params": summary["trainable_params"],
+        "early_step": summary.step,
+        "total_steps": summary.total_steps,
+        "early_dev_loss": summary.final_dev_loss,
+        "early_dev_ppl": summary.final_dev_ppl,
+        "early_wall_time": summary.wall_time_s,
+        "early_compile_time": summary.compile_time_s,
+        "trainable_params": summary.trainable_params,
     }
 
 
-def _final_fields(summary: dict) -> dict:
+def _final_fields(summary: summary_lib.RunSummary) -> dict:
     return {
-        "steps": summary["step"],
-        "best_step": summary["best_step"],
-        "final_dev_loss": summary["best_dev_loss"],
-        "final_dev_ppl": summary["best_dev_ppl"],
-        "last_dev_loss": summary["final_dev_loss"],
-        "last_dev_ppl": summary["final_dev_ppl"],
-        "test_loss": summary.get("test_loss"),
-        "test_ppl": summary.get("test_ppl"),
-        "final_wall_time": summary["wall_time_s"],
+        "steps": summary.step,
+        "best_step": summary.best_step,
+        "final_dev_loss": summary.best_dev_loss,
+        "final_dev_ppl": summary.best_dev_ppl,
+        "last_dev_loss": summary.final_dev_loss,
+        "last_dev_ppl": summary.final_dev_ppl,
+        "test_loss": summary.test_loss,
+        "test_ppl": summary.test_ppl,
+        "final_wall_time": summary.wall_time_s,
     }
 
 
@@ -247,16 +246,6 @@ def _tell_early(search, study, trial, row, store) -> None:
         study.tell(trial, state=TrialState.PRUNED)
     else:
         study.tell(trial, value)
-
-
-def _record_failure(store, run, out_dir, err) -> str:
-    message = f"{type(err).__name__}: {err}"
-    log.error("run %s failed: %s", run.run_id, message)
-    row = trial_rows(store).get(run.run_id) or {**run.record, "run_dir": run.model_dir(out_dir)}
-    store.record(
-        run.run_id, "trial", "failed", _stored(row), f"{message}\n{traceback.format_exc()[-4000:]}"
-    )
-    return message
 
 
 def continued(search, rows: dict[str, dict]) -> list[dict]:
@@ -278,16 +267,23 @@ def _continue(search, store, out_dir, progress) -> None:
         if run.run_id != row["run_id"]:
             raise RuntimeError(f"run {row['run_id']} no longer matches its config: {row['params']}")
         progress.full_started(position, len(chosen), row)
-        try:
-            summary = train_run(run, run.model_dir(out_dir))
-        except (KeyboardInterrupt, SearchInterrupted):
-            raise
-        except Exception as err:  # recorded; its early result stays; a rerun retries it
-            progress.trial_failed(row["trials"][0], _record_failure(store, run, out_dir, err))
+        record = _full_phase(run, row, store, out_dir)
+        if record.status == "failed":  # recorded; its early result stays; a rerun retries it
+            progress.trial_failed(row["trials"][0], record.error)
             continue
-        row = {**row, **_final_fields(summary), "status": "finished"}
-        store.record(run.run_id, "trial", "finished", _stored(row))
-        progress.full_done(row, search.metric)
+        progress.full_done({**row, **record.row}, search.metric)
+
+
+def _full_phase(run, row: dict, store, out_dir: str) -> execute.Record:
+    """Resumes a run from its early phase to its full budget and records it."""
+
+    def train() -> execute.Record:
+        summary = execute.train_run(run, run.model_dir(out_dir))
+        return execute.Record("finished", _stored({**row, **_final_fields(summary)}))
+
+    return execute.execute(
+        store, run.run_id, "trial", train, _stored(row), propagate=(execute.Preempted,)
+    )
 
 
 def counts(search, study: optuna.Study, store) -> dict:

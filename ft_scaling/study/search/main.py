@@ -38,7 +38,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # Our progress lines say what Optuna's INFO lines would, with the metric and an ETA.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    from ft_scaling.study import search, search_config, search_report
+    from ft_scaling.study import execute
+    from ft_scaling.study.search import config as search_config
+    from ft_scaling.study.search import report as search_report
+    from ft_scaling.study.search import run as search_run
 
     if argv and argv[0] == "report":
         if len(argv) != 2:
@@ -54,8 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = search_config.Search()
     start = time.time()
     try:
-        counts = search.run_search(config, args.out)
-    except search.SearchInterrupted as err:
+        counts = search_run.run_search(config, args.out)
+    except execute.Preempted as err:
         print(f"ft-scaling search: {err}; rerun the same command to continue", file=sys.stderr)
         return EXIT_PREEMPTED
     print(f"search {config.name}: {counts} in {time.time() - start:.0f}s", file=sys.stderr)

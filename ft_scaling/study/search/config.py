@@ -5,16 +5,17 @@
       -> one finetuning run per sampled config: the search's fixed bindings, then the sampled
          ones; its id is a hash of the portable config, so a config sampled twice is one run
 
-The search itself (Optuna, phases, resuming) is `search.py`.
+The search itself (Optuna, phases, resuming) is `run.py`.
 """
 
 import dataclasses
 import os
 
 import gin
+from ft_scaling import files
 from ft_scaling.config import flags
-from ft_scaling.study import search_space, sweep
-from ft_scaling.train import checkpoints
+from ft_scaling.study import sweep
+from ft_scaling.study.search import space as search_space
 
 FULL_BUDGET_FOR = ("top_k", "all")
 METRICS = ("dev_loss", "dev_ppl")
@@ -24,7 +25,7 @@ PRUNERS = ("none", "median")
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class Search:
-    """An early-stopped search; see `search.py` for how it runs.
+    """An early-stopped search; see `run.py` for how it runs.
 
     Attributes:
       name: the search's name (also the Optuna study name).
@@ -171,4 +172,4 @@ def write_settings(search: Search, out_dir: str) -> None:
         "finetune_examples": search.finetune_examples,
         "space": {k: list(v) for k, v in search.space.params.items()},
     }
-    checkpoints.atomic_write_json(os.path.join(out_dir, "search_settings.json"), settings)
+    files.atomic_write_json(files.path(out_dir) / "search_settings.json", settings)
