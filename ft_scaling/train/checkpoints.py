@@ -26,7 +26,6 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 from orbax.checkpoint import checkpoint_managers as policies
 
-from ft_scaling import files
 from ft_scaling.train import trainer
 
 log = logging.getLogger(__name__)
@@ -59,11 +58,6 @@ class RetentionPolicy:
                 )
             )
         return policies.AnyPreservationPolicy(kept)
-
-
-def atomic_write_json(path: str, obj) -> None:
-    """Alias of `files.atomic_write_json`, kept while its last callers move to files.py."""
-    files.atomic_write_json(path, obj)
 
 
 class CheckpointStore:

@@ -4,7 +4,7 @@
              (injected by the run gins), model = method.wrap(Decoder(config)), input specs
     restore  this run's latest checkpoint > INITIAL_CHECKPOINT_PATH (params only) > scratch
              (checkpoints.restore_or_initialize)
-    loop     step: train_step; every LOG_EVERY: progress + metrics
+    loop     advance: the train step; every LOG_EVERY: progress + metrics
              evaluate and save: every EVAL_EVERY: dev loss/PPL (the best checkpoint by dev PPL
              is kept); every SAVE_EVERY and on SIGTERM: save
     finish   last eval and save, the test split with the best checkpoint; operative gin config
@@ -170,7 +170,7 @@ class _Loop:
             preempted, dev = _SigtermFlag(), None
             self.compile_start, self.compile_time = time.time(), None
             while self.step < self.run.stop_step and not preempted.set:
-                self.train_step(next(batches))
+                self.advance(next(batches))
                 dev = self.evaluate_and_save()
             if preempted.set:
                 self.save()
@@ -184,7 +184,7 @@ class _Loop:
         finally:
             self.store.close()
 
-    def train_step(self, batch) -> None:
+    def advance(self, batch) -> None:
         """One optimizer step; every LOG_EVERY steps (and the last) its metrics."""
         batch = partitioning.global_batch(batch, self.batch_sharding)
         learning_rate = np.float32(self.run.schedule(self.step))

@@ -72,8 +72,6 @@ def create_state(params, mask, optimizer_settings: optimizers.OptimizerSettings,
     Optimizer state follows the trainable params' shardings (jit propagates them); the step and
     the RNG are replicated over the mesh.
     """
-    if isinstance(optimizer_settings, tuple):  # loop.py's setup until it builds the dataclass
-        optimizer_settings = optimizers.OptimizerSettings(*optimizer_settings)
     trainable, frozen = base.split(params, mask)
     repl = partitioning.replicated(mesh)
     opt_state = _optimizer(optimizer_settings)[1](trainable)

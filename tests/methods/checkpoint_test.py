@@ -13,7 +13,7 @@ from flax import traverse_util
 
 from ft_scaling.methods import base, full, lora, prompt
 from ft_scaling.models import configs, decoder
-from ft_scaling.train import checkpoints, partitioning, trainer
+from ft_scaling.train import checkpoints, optimizers, partitioning, trainer
 
 # One block with the paper's head dim (256) and FFN = 4 x model dim (PAPER.md §1, Table 3), so
 # LoRA's share of the weights is paper-like (r / d small). In the tiny_1..5 gins (d = 64..256)
@@ -28,7 +28,8 @@ WIDE = configs.ModelConfig(
     embed_dim=512,
     mlp_dim=2048,
 )
-SETTINGS = ("adafactor", 0.0, 1.0)  # the paper's optimizer (PAPER.md §3)
+# The paper's optimizer (PAPER.md §3).
+SETTINGS = optimizers.OptimizerSettings("adafactor", 0.0, 1.0)
 
 
 def _as_trained(tree, seed):
