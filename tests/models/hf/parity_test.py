@@ -11,6 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import safetensors.torch
+
+from ft_scaling.eval import decoding
+from ft_scaling.models import decoder
+from ft_scaling.models.hf import load_pretrained
 from tests.models.hf.hf_checkpoints import (
     FAMILIES,
     checkpoint,
@@ -19,10 +23,6 @@ from tests.models.hf.hf_checkpoints import (
     padded_batch,
     torch,
 )
-
-from ft_scaling.eval import decoding
-from ft_scaling.models import decoder
-from ft_scaling.models.hf import load_pretrained
 
 FP32_TOLERANCE = 1e-4
 
