@@ -160,7 +160,7 @@ def _reader(files: CheckpointFiles, src: param_names.Source, shape):
 def read_block(files: CheckpointFiles, src: param_names.Source, shape, index) -> np.ndarray:
     """Our array's block `index` (a tuple of slices), read from the HF tensor's matching part."""
     ranges = [np.arange(*s.indices(n)) for s, n in zip(index, shape, strict=True)]
-    flat = [_hf_indices(src, group, ranges, shape, j) for j, group in enumerate(src.groups)]
+    flat = [hf_indices(src, group, ranges, shape, j) for j, group in enumerate(src.groups)]
     bounds = tuple((int(f.min()), int(f.max()) + 1) for f in flat)
     block = files.read(src.name, bounds)
     block = block[np.ix_(*[f - lo for f, (lo, _) in zip(flat, bounds, strict=True)])]
@@ -169,7 +169,7 @@ def read_block(files: CheckpointFiles, src: param_names.Source, shape, index) ->
     return np.ascontiguousarray(block.transpose(np.argsort(order)))
 
 
-def _hf_indices(src, group, ranges, shape, hf_dim: int) -> np.ndarray:
+def hf_indices(src, group, ranges, shape, hf_dim: int) -> np.ndarray:
     """Flat HF indices along `hf_dim` of our index ranges of `group`, row-major over group."""
     grids = np.meshgrid(*[ranges[d] for d in group], indexing="ij")
     sizes = [shape[d] for d in group]
