@@ -1,9 +1,11 @@
 """BitFit (Ben Zaken et al. 2022): train only biases and normalisation scales.
 
-Our decoder has no biases (PaLM/Gemma style: bias-free projections, RMSNorm without offset), so
-BitFit here trains exactly the RMSNorm scales: two per block plus the final norm,
-(2 * num_layers + 1) * embed_dim parameters. It is the selective-updating baseline practitioners
-compare against PET; it adds no parameters.
+The paper's decoder has no biases (PaLM/Gemma style: bias-free projections, RMSNorm without
+offset), so there BitFit trains exactly the RMSNorm scales: two per block plus the final norm,
+(2 * num_layers + 1) * embed_dim parameters. Models with biases (ModelConfig.qkv_bias,
+attention_out_bias, mlp_bias, LayerNorm: Qwen2, GPT-NeoX/Pythia) train those biases too, and
+q/k norm scales (Qwen3, OLMo-2) are norm scales like the others. It is the selective-updating
+baseline practitioners compare against PET; it adds no parameters.
 """
 
 import dataclasses

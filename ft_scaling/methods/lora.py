@@ -31,7 +31,8 @@ from ft_scaling.methods import base
 from ft_scaling.models import axes, decoder
 
 LORA_A, LORA_B = "lora_a", "lora_b"
-DEFAULT_TARGETS = ("attention/(query|key|value|out)$", "mlp/(wi_0|wi_1|wo)$")
+# 'wi' is the input projection of the ungated GELU MLP (GPT-NeoX); wi_0/wi_1 of gated ones.
+DEFAULT_TARGETS = ("attention/(query|key|value|out)$", "mlp/(wi|wi_0|wi_1|wo)$")
 _MATCH_ALL = (".*",)
 
 
@@ -66,7 +67,7 @@ class LoRAProjection(decoder.Projection):
         )
 
     def __call__(self, x):
-        y = self.matmul(x, self.kernel)
+        y = self.add_bias(self.matmul(x, self.kernel))  # the bias (if any) stays frozen
         if not self.is_target:
             return y
         # Dropout is active only when the caller supplies a 'dropout' rng (the trainer does so

@@ -6,8 +6,11 @@
 Multi-dimensional sides are flattened in C order, which is head-major for attention ([heads,
 head_dim] -> heads * head_dim), as Hugging Face q/k/v/o projections lay out their features.
 Tensor names are `base_model.model.<our module path, dotted>.lora_{A,B}.weight`, e.g.
-`base_model.model.layers.0.attention.query.lora_A.weight`; our decoder is not a Hugging Face
-architecture, so a consumer maps these module names onto its own.
+`base_model.model.layers.0.attention.query.lora_A.weight`: our own module names, which PEFT
+cannot match against a transformers model. For a model imported from Hugging Face pass
+`hf_source` (its HF directory): the adapter then names the family's modules
+(`model.layers.0.self_attn.q_proj`) and loads with `PeftModel.from_pretrained`
+(ft_scaling/models/hf/export.py).
 
 The safetensors file is written directly (the `safetensors` package is not a dependency): an
 8-byte little-endian header length, a JSON header of dtypes, shapes and byte offsets, then the
@@ -81,8 +84,20 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
     return out
 
 
-def export_peft(method: lora.LoRA, params, directory: str, base_model: str = "") -> list[str]:
-    """Writes the adapter of `params` to `directory`; returns the two file paths."""
+def export_peft(
+    method: lora.LoRA, params, directory: str, base_model: str = "", hf_source: str | None = None
+) -> list[str]:
+    """Writes the adapter of `params` to `directory`; returns the two file paths.
+
+    With `hf_source` (the HF directory the base model was imported from, or its export) the
+    adapter uses that family's module names and PEFT loads it onto the HF model.
+    """
+    if hf_source is not None:
+        from ft_scaling.models.hf import export  # noqa: PLC0415  (needs safetensors)
+
+        export.save_peft_adapter(method, params, directory, source=hf_source)
+        names = ("adapter_config.json", "adapter_model.safetensors")
+        return [os.path.join(directory, name) for name in names]
     tensors = peft_tensors(method, params)
     modules = sorted({name[len(PREFIX) :].rsplit(".lora_", 1)[0] for name in tensors})
     config = {

@@ -29,13 +29,13 @@ import jax.numpy as jnp
 
 import gin
 from ft_scaling.methods import base
-from ft_scaling.models import axes
+from ft_scaling.models import axes, decoder
 
 PROMPT_PARAM = "prompt"
 INITS = ("vocab", "uniform")
 
 
-def _sample_vocab_embeddings(rng, embedding, prompt_length: int, sample_range):
+def _sample_vocab_embeddings(rng, embedding, prompt_length: int, sample_range, multiplier=None):
     """Rows of the (scaled) embedding for P token ids drawn uniformly from `sample_range`.
 
     SentencePiece ids are ordered by piece score, so the low ids approximate Lester et al.'s
@@ -44,9 +44,10 @@ def _sample_vocab_embeddings(rng, embedding, prompt_length: int, sample_range):
     vocab, embed_dim = embedding.shape
     low, high = min(sample_range[0], vocab - 1), min(sample_range[1], vocab)
     ids = jax.random.randint(rng, (prompt_length,), low, high)
-    # The decoder scales token embeddings by sqrt(embed) before the blocks, and prefix
-    # embeddings join them after that scaling: copy in the same space.
-    scale = jnp.sqrt(jnp.float32(embed_dim))
+    # The decoder scales token embeddings (by sqrt(embed) unless ModelConfig.embed_scale is
+    # 'none') before the blocks, and prefix embeddings join them after that scaling: copy in
+    # the same space. `multiplier` None is the paper's sqrt(embed).
+    scale = jnp.sqrt(jnp.float32(embed_dim)) if multiplier is None else multiplier
     return jnp.take(embedding.astype(jnp.float32), ids, axis=0) * scale
 
 
@@ -78,8 +79,9 @@ class PromptWrapper(nn.Module):
 
     def _init_prompt(self, rng, shape):
         if self.init_method == "vocab":
+            multiplier = decoder.embedding_multiplier(self.base.config)
             return _sample_vocab_embeddings(
-                rng, self.base.embedding, shape[0], self.vocab_sample_range
+                rng, self.base.embedding, shape[0], self.vocab_sample_range, multiplier
             )
         scale = self.uniform_scale
         return jax.random.uniform(rng, shape, jnp.float32, -scale, scale)
@@ -125,6 +127,11 @@ class PromptWrapper(nn.Module):
         )
 
 
+def _multiplier_of(model: nn.Module):
+    config = getattr(model, "config", None)
+    return None if config is None else decoder.embedding_multiplier(config)
+
+
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class PromptTuning(base.Method):
@@ -158,6 +165,9 @@ class PromptTuning(base.Method):
             raise ValueError(f"PromptTuning.init_method={self.init_method!r}; allowed: {INITS}")
 
     def wrap(self, model: nn.Module) -> nn.Module:
+        # after_restore gets no config; it re-samples in the space of the model wrapped last
+        # (the trainer wraps the run's one model). Not a field: it is not a setting.
+        object.__setattr__(self, "_embedding_multiplier", _multiplier_of(model))
         return PromptWrapper(
             model,
             self.prompt_length,
@@ -192,7 +202,11 @@ class PromptTuning(base.Method):
         if self.init_method != "vocab":
             return params
         prompt = _sample_vocab_embeddings(
-            rng, params["embedding"], self.prompt_length, self.vocab_sample_range
+            rng,
+            params["embedding"],
+            self.prompt_length,
+            self.vocab_sample_range,
+            getattr(self, "_embedding_multiplier", None),
         )
         old = params[PROMPT_PARAM]
         # Keep the fresh prompt's placement: the trainer compiles its steps for these shardings.

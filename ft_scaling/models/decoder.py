@@ -1,13 +1,19 @@
 """Decoder-only Transformer LM in Flax linen, with logical axis names on every array.
 
-    tokens [batch, length] --embed--> x [batch, length, embed]
+    tokens [batch, length] --embed (x sqrt(d) by default)--> x [batch, length, embed]
       (optional prefix embeddings, e.g. a soft prompt, are prepended here)
-      repeat num_layers:  x += Attention(RMSNorm(x));  x += SwiGLU(RMSNorm(x))
-    RMSNorm --> logits [batch, length, vocab] (prefix positions sliced off)
+      repeat num_layers, by `norm_placement`:
+        'pre' (default):  x += Attention(Norm(x));  x += MLP(Norm(x))
+        'post' (OLMo-2):  x += Norm(Attention(x));  x += Norm(MLP(x))
+        'parallel' (GPT-NeoX):  x += Attention(Norm_1(x)) + MLP(Norm_2(x))
+    Norm --> logits [batch, length, vocab] (prefix positions sliced off)
 
-Pre-norm RMSNorm, rotary position embeddings, multi-head or multi-query attention, SwiGLU
-feed-forward, optionally tied embeddings. For finetuning it is used as a prefix LM: inputs and
-targets form one sequence, attention is causal, and the loss (train/losses.py) covers targets only.
+By default (the paper's models): pre-norm RMSNorm, rotary position embeddings, multi-head or
+multi-query attention, SwiGLU feed-forward, no biases, optionally tied embeddings. The other
+options of `ModelConfig` (norm kind, biases, q/k norms, partial or scaled RoPE, GeGLU/GELU MLPs,
+sliding windows) cover the public families that ft_scaling/models/hf/ imports; the building
+blocks are in layers.py. For finetuning it is used as a prefix LM: inputs and targets form one
+sequence, attention is causal, and the loss (train/losses.py) covers targets only.
 
 Every matmul goes through `Projection`, which a finetuning method may replace (LoRA subclasses it)
 through the `projection` field, so methods never edit this file. With `decode=True` the attention
@@ -16,85 +22,25 @@ layers keep a key/value cache in the 'cache' collection: a call with T tokens wr
 """
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ft_scaling.models import axes
+from ft_scaling.models import axes, layers
 from ft_scaling.models.attention import dot_product_attention
 from ft_scaling.models.configs import ModelConfig
 
 Array = jax.Array
 
 
-def _dtype(config: ModelConfig):
-    return jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
-
-
-class Projection(nn.Module):
-    """A linear map contracting the trailing `in_axes` dims of x into `out_shape`.
-
-    The kernel keeps its natural shape (e.g. [embed, heads, kv]) so it carries one logical name
-    per dimension, but the product runs as a single 2-D matmul: on CPU the backward pass of a 3-D
-    `x @ W` is several times slower than of the flattened one.
-    """
-
-    in_shape: Sequence[int]
-    out_shape: Sequence[int]
-    kernel_axes: Sequence[str]
-    dtype: jnp.dtype = jnp.float32
-
-    def setup(self):
-        init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", in_axis=0)
-        shape = (*self.in_shape, *self.out_shape)
-        flat = (_flat(self.in_shape), _flat(self.out_shape))
-        flat_init = lambda key, _: init(key, flat).reshape(shape)
-        self.kernel = self.param(
-            "kernel", nn.with_logical_partitioning(flat_init, tuple(self.kernel_axes)), shape
-        )
-
-    def matmul(self, x: Array, kernel: Array) -> Array:
-        n_in = len(self.in_shape)
-        lead = x.shape[: x.ndim - n_in]
-        x2 = x.reshape(-1, _flat(self.in_shape)).astype(self.dtype)
-        w2 = kernel.reshape(_flat(self.in_shape), _flat(self.out_shape)).astype(self.dtype)
-        return (x2 @ w2).reshape(*lead, *self.out_shape)
-
-    def __call__(self, x: Array) -> Array:
-        return self.matmul(x, self.kernel)
-
-
-def _flat(shape: Sequence[int]) -> int:
-    size = 1
-    for dim in shape:
-        size *= dim
-    return size
-
-
-class RMSNorm(nn.Module):
-    epsilon: float = 1e-6
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        scale = self.param(
-            "scale", nn.with_logical_partitioning(nn.initializers.ones, (axes.EMBED,)), x.shape[-1:]
-        )
-        x32 = x.astype(jnp.float32)
-        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.epsilon)
-        return (normed * scale).astype(self.dtype)
-
-
-def rotary(x: Array, positions: Array, max_wavelength: float) -> Array:
-    """Rotary position embedding of x [batch, length, heads, head_dim] at positions [b, l]."""
-    half = x.shape[-1] // 2
-    freq = max_wavelength ** (-jnp.arange(half, dtype=jnp.float32) / half)  # [half]
-    angle = positions[..., None, None].astype(jnp.float32) * freq  # [b, l, 1, half]
-    sin, cos = jnp.sin(angle), jnp.cos(angle)
-    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
-    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).astype(x.dtype)
+# Re-exported: methods subclass Projection (LoRA) and tests use these names.
+_dtype = layers.compute_dtype
+_flat = layers.flat_size
+Projection = layers.Projection
+RMSNorm = layers.Norm
+rotary = layers.rotary
 
 
 class Attention(nn.Module):
@@ -106,11 +52,13 @@ class Attention(nn.Module):
         cfg, dtype = self.config, _dtype(self.config)
         d, nq, nkv, hd = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         proj = functools.partial(self.projection, dtype=dtype)
-        q = proj((d,), (nq, hd), (axes.EMBED, axes.HEADS, axes.KV), name="query")(x)
-        k = proj((d,), (nkv, hd), (axes.EMBED, axes.KV_HEADS, axes.KV), name="key")(x)
-        v = proj((d,), (nkv, hd), (axes.EMBED, axes.KV_HEADS, axes.KV), name="value")(x)
-        q = rotary(q, positions, cfg.rope_max_wavelength)
-        k = rotary(k, positions, cfg.rope_max_wavelength)
+        qkv = functools.partial(proj, use_bias=cfg.qkv_bias)
+        q = qkv((d,), (nq, hd), (axes.EMBED, axes.HEADS, axes.KV), name="query")(x)
+        k = qkv((d,), (nkv, hd), (axes.EMBED, axes.KV_HEADS, axes.KV), name="key")(x)
+        v = qkv((d,), (nkv, hd), (axes.EMBED, axes.KV_HEADS, axes.KV), name="value")(x)
+        q, k = self._qk_norm(q, k)
+        q = layers.apply_rotary(cfg, q, positions)
+        k = layers.apply_rotary(cfg, k, positions)
         q = nn.with_logical_constraint(q, (axes.BATCH, axes.LENGTH, axes.HEADS, axes.KV))
         if decode:
             k, v, mask = self._update_cache(k, v, segment_ids)
@@ -119,11 +67,26 @@ class Attention(nn.Module):
             same_segment = segment_ids[:, :, None] == segment_ids[:, None, :]
             length = x.shape[1]
             causal = jnp.tril(jnp.ones((length, length), dtype=bool))
+            if cfg.sliding_window:  # positions, not columns: packed segments restart at 0
+                distance = positions[:, :, None] - positions[:, None, :]
+                causal = causal & (distance < cfg.sliding_window)
             mask = (same_segment & causal)[:, None]  # [b, 1, q, k]
             layout = "length_first"
         out = dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, kv_layout=layout)
         out = nn.with_logical_constraint(out, (axes.BATCH, axes.LENGTH, axes.HEADS, axes.KV))
-        return proj((nq, hd), (d,), (axes.HEADS, axes.KV, axes.EMBED), name="out")(out)
+        out_axes = (axes.HEADS, axes.KV, axes.EMBED)
+        return proj((nq, hd), (d,), out_axes, use_bias=cfg.attention_out_bias, name="out")(out)
+
+    def _qk_norm(self, q, k):
+        """Qwen3 normalises each head over head_dim, OLMo-2 the whole [heads, head_dim] q/k."""
+        cfg = self.config
+        if cfg.qk_norm == "head":
+            q = layers.norm(cfg, "query_norm", (axes.KV,))(q)
+            k = layers.norm(cfg, "key_norm", (axes.KV,))(k)
+        elif cfg.qk_norm == "projection":
+            q = layers.norm(cfg, "query_norm", (axes.HEADS, axes.KV))(q)
+            k = layers.norm(cfg, "key_norm", (axes.KV_HEADS, axes.KV))(k)
+        return q, k
 
     def _update_cache(self, k, v, segment_ids):
         """Writes this call's keys/values at the cache index; returns the mask over all slots.
@@ -153,26 +116,15 @@ class Attention(nn.Module):
         cseg.value = jax.lax.dynamic_update_slice(cseg.value, seg, (0, start))
         index.value = start + length
         slots = jnp.arange(ck.value.shape[2])
-        visible = slots[None, :] <= (start + jnp.arange(length))[:, None]  # [q, slots]
+        query_slots = (start + jnp.arange(length))[:, None]
+        visible = slots[None, :] <= query_slots  # [q, slots]
+        if self.config.sliding_window:
+            # Left padding shifts a row's slots and positions alike: slot distance = position's.
+            visible = visible & (query_slots - slots[None, :] < self.config.sliding_window)
         mask = visible[None, None] & (cseg.value != 0)[:, None, None, :]
         keys = nn.with_logical_constraint(ck.value, cache_axes)
         values = nn.with_logical_constraint(cv.value, cache_axes)
         return keys, values, mask
-
-
-class SwiGLU(nn.Module):
-    config: ModelConfig
-    projection: Callable[..., nn.Module] = Projection
-
-    @nn.compact
-    def __call__(self, x):
-        cfg = self.config
-        proj = functools.partial(self.projection, dtype=_dtype(cfg))
-        d, f = (cfg.embed_dim,), (cfg.mlp_dim,)
-        gate = proj(d, f, (axes.EMBED, axes.MLP), name="wi_0")(x)
-        up = proj(d, f, (axes.EMBED, axes.MLP), name="wi_1")(x)
-        hidden = nn.with_logical_constraint(nn.silu(gate) * up, (axes.BATCH, axes.LENGTH, axes.MLP))
-        return proj(f, d, (axes.MLP, axes.EMBED), name="wo")(hidden)
 
 
 class Block(nn.Module):
@@ -181,13 +133,21 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, x, positions, segment_ids, deterministic: bool, decode: bool):
-        cfg, dtype = self.config, _dtype(self.config)
+        cfg = self.config
         drop = nn.Dropout(cfg.dropout_rate, deterministic=deterministic)
         attn = Attention(cfg, self.projection, name="attention")
-        h = attn(RMSNorm(dtype=dtype, name="attention_norm")(x), positions, segment_ids, decode)
-        x = x + drop(h)
-        h = SwiGLU(cfg, self.projection, name="mlp")(RMSNorm(dtype=dtype, name="mlp_norm")(x))
-        x = x + drop(h)
+        mlp = layers.FeedForward(cfg, self.projection, name="mlp")
+        if cfg.norm_placement == "post":  # OLMo-2: the norm closes each sublayer
+            h = attn(x, positions, segment_ids, decode)
+            x = x + drop(layers.norm(cfg, "attention_post_norm")(h))
+            x = x + drop(layers.norm(cfg, "mlp_post_norm")(mlp(x)))
+        elif cfg.norm_placement == "parallel":  # GPT-NeoX: both sublayers read the block input
+            h = attn(layers.norm(cfg, "attention_norm")(x), positions, segment_ids, decode)
+            x = x + drop(h) + drop(mlp(layers.norm(cfg, "mlp_norm")(x)))
+        else:
+            h = attn(layers.norm(cfg, "attention_norm")(x), positions, segment_ids, decode)
+            x = x + drop(h)
+            x = x + drop(mlp(layers.norm(cfg, "mlp_norm")(x)))
         return nn.with_logical_constraint(x, (axes.BATCH, axes.LENGTH, axes.EMBED))
 
 
@@ -219,16 +179,17 @@ class Decoder(nn.Module):
         self.layers = [
             block(cfg, self.projection, name=f"layers_{i}") for i in range(cfg.num_layers)
         ]
-        self.final_norm = RMSNorm(dtype=_dtype(cfg))
+        self.final_norm = layers.Norm(cfg.norm, cfg.norm_epsilon, _dtype(cfg))
         if not cfg.tie_embeddings:
             self.logits_projection = Projection(
                 (cfg.embed_dim,), (cfg.vocab_size,), (axes.EMBED, axes.VOCAB), dtype=_dtype(cfg)
             )
 
     def embed(self, tokens: Array) -> Array:
-        """Token embeddings [batch, length, embed], scaled by sqrt(embed) as in PaLM/Gemma."""
-        scale = jnp.sqrt(jnp.float32(self.config.embed_dim))
-        x = jnp.take(self.embedding, tokens, axis=0) * scale
+        """Token embeddings [batch, length, embed], times `embedding_multiplier(config)`."""
+        x = jnp.take(self.embedding, tokens, axis=0)
+        if self.config.embed_scale == "sqrt":
+            x = x * embedding_multiplier(self.config)
         return x.astype(_dtype(self.config))
 
     def __call__(
@@ -290,6 +251,13 @@ class Decoder(nn.Module):
             logits = self.logits_projection(x)
         logits = nn.with_logical_constraint(logits, (axes.BATCH, axes.LENGTH, axes.VOCAB))
         return logits.astype(jnp.float32)
+
+
+def embedding_multiplier(config: ModelConfig) -> Array:
+    """What token embeddings are multiplied by: sqrt(embed) (PaLM/Gemma) or 1 (embed_scale)."""
+    if config.embed_scale == "sqrt":
+        return jnp.sqrt(jnp.float32(config.embed_dim))
+    return jnp.float32(1.0)
 
 
 _REMAT_POLICIES = {
