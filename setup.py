@@ -24,10 +24,17 @@ INSTALL_REQUIRES = [
     "scipy==1.17.1",
     # `ft-scaling search`: TPE sampler + pruner; imported only by ft_scaling/study/search*.py.
     "optuna==5.0.0",
+    # `--store=postgresql://...`: SQLAlchemy (optuna's dependency) picks psycopg 3 for
+    # postgresql:// URLs; [binary] brings libpq, so nothing is compiled.
+    "psycopg[binary]==3.3.9",
+    # gs:// paths: etils.epath's fsspec backend (ft_scaling/files.py), the one the tests run
+    # against a GCS emulator; orbax writes checkpoints through tensorstore's own GCS driver.
+    "gcsfs==2026.10.1",
 ]
 
 EXTRAS = {
-    "test": ["pytest==9.0.3", "ruff==0.17.6"],
+    # gcp-storage-emulator: the GCS server of tests/gcs_* (loopback only).
+    "test": ["pytest==9.0.3", "ruff==0.17.6", "gcp-storage-emulator==2026.7.19"],
     # benchmarks/ only (never imported by the package): the PyTorch baselines of issue 8.
     # torch 2.13.0 is the CPU build the machine provides; a newer or unpinned torch pulls CUDA.
     "bench": ["torch==2.13.0", "transformers==5.23.0", "peft==0.21.2"],

@@ -8,7 +8,13 @@ import pytest
 
 from ft_scaling.study import store as store_lib
 
-PLAN = [("pre_a", None), ("pre_b", None), ("ft_a1", "pre_a"), ("ft_b1", "pre_b"), ("ft_a2", "pre_a")]
+PLAN = [
+    ("pre_a", None),
+    ("pre_b", None),
+    ("ft_a1", "pre_a"),
+    ("ft_b1", "pre_b"),
+    ("ft_a2", "pre_a"),
+]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
