@@ -15,6 +15,8 @@ A tokenizer with more ids than the model's embedding has rows is refused; fewer 
 (GPT-NeoX pads 50277 ids to 50304 rows), and decode drops ids past the tokenizer's.
 """
 
+import functools
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -123,13 +125,33 @@ class HfTokenizerVocabulary(seqio.Vocabulary):
         texts.set_shape([None])
         return texts
 
+    @functools.cached_property
+    def digest(self) -> str:
+        """A short stable hash of the tokenizer and its special tokens (names task variants)."""
+        payload = json.dumps([self._tokenizer.to_str(), self._ids, self.add_bos], sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:10]
+
     def __eq__(self, other):
         if not isinstance(other, HfTokenizerVocabulary):
             return False
-        return self._tokenizer.to_str() == other._tokenizer.to_str() and self._ids == other._ids
+        return self is other or self.digest == other.digest  # tokenizer, special ids, add_bos
 
     def __hash__(self):
-        return hash(self._tokenizer.to_str())
+        return hash(self.digest)
+
+
+@functools.cache
+def checkpoint_vocabulary(directory: str) -> HfTokenizerVocabulary:
+    """The tokenizer of HF checkpoint `directory`, checked against its config.json vocab_size.
+
+    One instance per directory and process: the tasks of a run and its checks share it.
+    """
+    config_path = os.path.join(directory, "config.json")
+    rows = None
+    if os.path.exists(config_path):
+        with open(config_path) as f:
+            rows = json.load(f).get("vocab_size")
+    return HfTokenizerVocabulary(directory, embedding_rows=rows)
 
 
 def _text(value) -> str:

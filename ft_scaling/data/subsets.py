@@ -73,6 +73,16 @@ def subset_task_name(name: str, size: int, seed: int) -> str:
     return f"{name}_df{size}_seed{seed}"
 
 
+# {task: the task whose examples its subsets draw}: a task in another vocabulary (an HF
+# checkpoint's tokenizer) subsets exactly the examples of the task it was derived from.
+_SAME_EXAMPLES: dict[str, str] = {}
+
+
+def share_examples(task_name: str, parent_name: str) -> None:
+    """Subsets of `task_name` (same source as `parent_name`) draw the parent's examples."""
+    _SAME_EXAMPLES[task_name] = _SAME_EXAMPLES.get(parent_name, parent_name)
+
+
 IN_MEMORY_PARENT = 500_000  # parent splits up to this many examples are indexed in memory
 _PARENTS: dict = {}
 
@@ -98,7 +108,8 @@ def _subset_loader(task: seqio.Task, split: str, size: int, seed: int):
             f"a subset of {size} was requested"
         )
     keep = np.zeros(num_examples, bool)
-    keep[subset_indices(num_examples, size, seed, salt=task.name)] = True
+    salt = _SAME_EXAMPLES.get(task.name, task.name)
+    keep[subset_indices(num_examples, size, seed, salt=salt)] = True
 
     def load(shuffle_files: bool, shuffle_seed: int | None) -> tf.data.Dataset:
         if num_examples <= IN_MEMORY_PARENT:

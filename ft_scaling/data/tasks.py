@@ -7,6 +7,7 @@
     debian_l10n_translate_en_{de,zh}        shipped debian_l10n snapshot in, tgt    BLEU
     debian_l10n_summarize_{en,de,fr,zh}     (mixture debian_l10n_summarize: en+de+fr)  ROUGE-L
     debian_l10n_pretrain_en_{de,zh}         LM text, train items only    tgt        -
+    <name>_hf_<digest>            <name> in an HF checkpoint's tokenizer (register_hf_variant)
 
 Splits (PAPER.md §2, Table 1a): wmt14_ende validation = TFDS validation (newstest2013), test =
 newstest2020+2021+2022 from sacrebleu (first reference); wmt19_enzh validation = newsdev2017
@@ -22,12 +23,21 @@ to bytes where pieces are missing). The mixtures weight tasks by their train siz
 keeps the language mix of the full data (PAPER.md §2).
 """
 
+import dataclasses
 import functools
 import os
 
 import seqio
+import tensorflow as tf
 
-from ft_scaling.data import debian_corpus, debian_l10n, preprocessors, sources, task_metrics
+from ft_scaling.data import (
+    debian_corpus,
+    debian_l10n,
+    preprocessors,
+    sources,
+    subsets,
+    task_metrics,
+)
 from ft_scaling.data.vocab import get_vocabulary
 
 DEFAULT_FEATURE_LENGTHS = {"inputs": 256, "targets": 256}  # PAPER.md §2, Table 1a "Length"
@@ -215,6 +225,72 @@ def _add_pretrain_task(name: str, config: str) -> None:
         ],
         output_features=output_features(vocabulary_name, with_inputs=False),
     )
+
+
+def register_hf_variant(name: str, directory: str) -> str:
+    """Registers (once) task or mixture `name` in HF checkpoint `directory`'s tokenizer.
+
+    The variant `<name>_hf_<digest>` keeps the source, splits, preprocessing and metrics; every
+    output feature's vocabulary becomes the checkpoint's tokenizer.json (refused when it has
+    more ids than config.json's vocab_size). When the tokenizer adds a BOS (Llama, Gemma) the
+    BOS begins each sequence: prepended to `inputs`, or to `targets` of a targets-only task. A
+    mixture's variant mixes its members' variants at the members' rates, and D_f subsets of
+    a variant hold the same examples as the parent's (subsets.share_examples).
+
+    Args:
+      name: a registered task or mixture, e.g. "wmt14_ende" or "mlsum".
+      directory: a local HF checkpoint directory holding tokenizer.json.
+
+    Returns:
+      The variant's registered name.
+    """
+    from ft_scaling.data import hf_vocab  # noqa: PLC0415  (tokenizers: an optional dependency)
+
+    return _hf_variant(name, hf_vocab.checkpoint_vocabulary(directory))
+
+
+def _hf_variant(name: str, vocabulary) -> str:
+    variant = f"{name}_hf_{vocabulary.digest}"
+    provider = subsets.get_task_or_mixture(name)  # an unknown name lists the registered ones
+    registered = seqio.TaskRegistry.names() | seqio.MixtureRegistry.names()
+    if variant not in registered and isinstance(provider, seqio.Mixture):
+        members = [
+            (_hf_variant(task.name, vocabulary), lambda _, task=task: provider.get_rate(task))
+            for task in provider.tasks
+        ]
+        seqio.MixtureRegistry.add(variant, members)
+    elif variant not in registered:
+        seqio.TaskRegistry.add_provider(variant, _task_in(provider, variant, vocabulary))
+        subsets.share_examples(variant, name)
+    return variant
+
+
+def _task_in(task: seqio.Task, name: str, vocabulary) -> seqio.Task:
+    """`task` renamed, with every feature in `vocabulary` and its BOS (when it adds one)."""
+    if not task.output_features:
+        raise ValueError(f"task {task.name!r} has no tokenized features to give a vocabulary")
+    features = {
+        key: dataclasses.replace(feature, vocabulary=vocabulary)
+        for key, feature in task.output_features.items()
+    }
+    steps = list(task.preprocessors)
+    if vocabulary.add_bos:
+        if seqio.preprocessors.tokenize not in steps:
+            raise ValueError(f"task {task.name!r} does not tokenize with seqio: no place for BOS")
+        first = "inputs" if "inputs" in features else "targets"
+        bos = functools.partial(prepend_bos, key=first, bos_id=vocabulary.bos_id)
+        steps.insert(steps.index(seqio.preprocessors.tokenize) + 1, bos)
+    return task.replace(name=name, output_features=features, preprocessors=steps)
+
+
+def prepend_bos(dataset: tf.data.Dataset, key: str, bos_id: int) -> tf.data.Dataset:
+    """Puts `bos_id` before the tokens of feature `key` (after tokenize, before trimming)."""
+
+    def _map(example):
+        ids = example[key]
+        return {**example, key: tf.concat([tf.constant([bos_id], ids.dtype), ids], axis=0)}
+
+    return dataset.map(_map, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 register_wmt()

@@ -5,7 +5,9 @@ Restore order (`restore_or_initialize` below implements it; train/loop.py calls 
      state, RNG, step, data position) -- a corrupt or partial latest one falls back to the
      previous with a warning;
   2. else INITIAL_CHECKPOINT_PATH: parameters only; leaves it lacks must be ones the finetuning
-     method adds (initialised fresh), anything else missing or of another shape is an error;
+     method adds (initialised fresh), anything else missing or of another shape is an error.
+     A Hugging Face checkpoint (directory or hub id) is read by `models.hf.load_pretrained`,
+     each device's slices straight onto their shardings;
   3. else scratch.
 
 A checkpoint stores only the trainable split of the params plus a reference to the base it was
@@ -26,6 +28,8 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 from orbax.checkpoint import checkpoint_managers as policies
 
+from ft_scaling.models.hf import loading as hf_loading
+from ft_scaling.models.hf import run_setup
 from ft_scaling.train import trainer
 
 log = logging.getLogger(__name__)
@@ -161,9 +165,15 @@ def load_params(path: str, prefer_best: bool = True) -> tuple[dict, dict]:
     if state.get("frozen") is not None:  # a method run trained from scratch keeps its frozen part
         params = overlay(state["frozen"], params)
     if meta.get("base_checkpoint"):
-        base_params, _ = load_params(meta["base_checkpoint"], prefer_best=True)
-        params = overlay(base_params, params)
+        params = overlay(_base_of(meta["base_checkpoint"]), params)
     return params, meta
+
+
+def _base_of(path: str) -> dict:
+    """Full params of a checkpoint's base: ours, or an imported Hugging Face directory."""
+    if run_setup.is_hf_directory(path):
+        return hf_loading.load_pretrained(path)[1]
+    return load_params(path, prefer_best=True)[0]
 
 
 def overlay(base: dict, top: dict) -> dict:
@@ -256,8 +266,11 @@ def _initial_state(model, method, optimizer, sequence_length, seed, base_path, m
     rng = jax.random.PRNGKey(seed)
     params = trainer.init_params(model, jax.random.fold_in(rng, 1), sequence_length, mesh, rules)
     if base_path:
-        params = initial_params(params, _base_params(base_path), method.is_method_param)
-        base_path = os.path.abspath(base_path)
+        hf_dir = run_setup.base_directory(base_path)  # None unless a Hugging Face checkpoint
+        base = hf_loading.load_pretrained(hf_dir, mesh, rules)[1] if hf_dir else None
+        base = _base_params(base_path) if base is None else base
+        params = initial_params(params, base, method.is_method_param)
+        base_path = hf_dir or os.path.abspath(base_path)
     after_restore = getattr(method, "after_restore", None)
     if after_restore is not None:
         params = after_restore(params, jax.random.fold_in(rng, 2))

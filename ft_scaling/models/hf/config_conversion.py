@@ -17,6 +17,7 @@ soft-capping, bidirectional attention, another activation) raises `UnsupportedCo
 naming the key; harmless bookkeeping keys (token ids, dropout, initializer range) are ignored.
 """
 
+import dataclasses
 from collections.abc import Mapping
 
 from ft_scaling.models.configs import ModelConfig
@@ -31,6 +32,8 @@ LLAMA_LIKE = {
     "GemmaForCausalLM": ("gemma", {"tie_word_embeddings": True, "rms_norm_eps": 1e-6}),
 }
 SUPPORTED = (*LLAMA_LIKE, "GPTNeoXForCausalLM")
+# ModelConfig fields that are run settings, not architecture: a run may set them freely.
+RUN_FIELDS = ("dtype", "remat", "remat_policy", "dropout_rate")
 _REFUSED_ARCHITECTURES = {
     "Gemma2ForCausalLM": "logit soft-capping and alternating sliding-window layers",
     "Gemma3ForCausalLM": "alternating sliding-window layers and separate local/global RoPE",
@@ -73,6 +76,23 @@ def to_model_config(hf_config: Mapping, **overrides) -> ModelConfig:
     else:
         fields = _llama_like(name, hf_config)
     return ModelConfig(**{**fields, **overrides})
+
+
+def check_architecture(config: ModelConfig, hf_config: Mapping, what: str = "the params'") -> None:
+    """Raises ValueError unless `config` is the checkpoint's architecture (run fields aside)."""
+    source_config = to_model_config(hf_config)
+    run = {field: getattr(config, field) for field in RUN_FIELDS}
+    if dataclasses.replace(source_config, **run) != config:
+        differ = {
+            field.name: (getattr(config, field.name), getattr(source_config, field.name))
+            for field in dataclasses.fields(config)
+            if field.name not in RUN_FIELDS
+            and getattr(config, field.name) != getattr(source_config, field.name)
+        }
+        raise ValueError(
+            f"{what} model config is not the checkpoint's architecture; differing fields "
+            f"(ours, the checkpoint's): {differ}"
+        )
 
 
 def _get(hf_config: Mapping, key: str, default):

@@ -18,14 +18,12 @@ rank_pattern / alpha_pattern keeping the scale alpha / r: B's rows of q hold B_q
 The arrays are gathered to this host (single-process export).
 """
 
-import dataclasses
 import json
 import os
 import re
 import shutil
 
 import numpy as np
-import safetensors.numpy
 from flax import traverse_util
 
 from ft_scaling.models import configs
@@ -38,8 +36,6 @@ _COPIED = (
     "generation_config.json",
     "tokenizer.model",
 )
-# Fields that are run settings, not architecture: they may differ from the source's.
-_RUN_FIELDS = ("dtype", "remat", "remat_policy", "dropout_rate")
 
 
 def save_pretrained(config: configs.ModelConfig, params, out_dir: str, source: str) -> str:
@@ -65,9 +61,7 @@ def save_pretrained(config: configs.ModelConfig, params, out_dir: str, source: s
         target = tensors.setdefault(src.name, np.zeros(src.hf_shape(array.shape), np.float32))
         write_block(target, src, array)
     os.makedirs(out_dir, exist_ok=True)
-    safetensors.numpy.save_file(
-        tensors, os.path.join(out_dir, "model.safetensors"), {"format": "pt"}
-    )
+    _save_safetensors(tensors, os.path.join(out_dir, "model.safetensors"))
     hf_config = {**hf_config, "torch_dtype": "float32", "dtype": "float32"}
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(hf_config, f, indent=2)
@@ -88,18 +82,23 @@ def write_block(target: np.ndarray, src: param_names.Source, array: np.ndarray) 
     target[np.ix_(*flat)] = block
 
 
+def _save_safetensors(tensors: dict, path: str) -> None:
+    import safetensors.numpy  # noqa: PLC0415  (optional: importing the package needs none)
+
+    safetensors.numpy.save_file(tensors, path, {"format": "pt"})
+
+
 def _flat(params) -> dict:
     return traverse_util.flatten_dict(dict(params))
 
 
 def _check_same_architecture(config: configs.ModelConfig, hf_config: dict) -> None:
-    source_config = config_conversion.to_model_config(hf_config)
-    run = {field: getattr(config, field) for field in _RUN_FIELDS}
-    if dataclasses.replace(source_config, **run) != config:
+    try:
+        config_conversion.check_architecture(config, hf_config)
+    except ValueError as error:
         raise ValueError(
-            f"the params' config {config} is not the source's architecture {source_config}: "
-            "export writes the source's config.json, so it must describe these params"
-        )
+            f"{error}: export writes the source's config.json, so it must describe these params"
+        ) from error
 
 
 def save_peft_adapter(method, params, out_dir: str, source: str) -> str:
@@ -126,9 +125,7 @@ def save_peft_adapter(method, params, out_dir: str, source: str) -> str:
         if a.shape[0] != method.rank:
             patterns[module] = a.shape[0]
     os.makedirs(out_dir, exist_ok=True)
-    safetensors.numpy.save_file(
-        tensors, os.path.join(out_dir, "adapter_model.safetensors"), {"format": "pt"}
-    )
+    _save_safetensors(tensors, os.path.join(out_dir, "adapter_model.safetensors"))
     adapter = _adapter_config(method, source, sorted(modules), patterns)
     with open(os.path.join(out_dir, "adapter_config.json"), "w") as f:
         json.dump(adapter, f, indent=2)
