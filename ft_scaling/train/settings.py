@@ -22,6 +22,7 @@ from ft_scaling import files
 from ft_scaling.data import subsets
 from ft_scaling.methods import base
 from ft_scaling.models import configs, decoder
+from ft_scaling.models.hf import run_setup
 from ft_scaling.train import input_pipeline, optimizers, partitioning
 
 
@@ -142,13 +143,16 @@ class Run:
 def setup(run_settings: RunSettings, mesh, rules) -> Run:
     """Builds and checks everything before any step; bad input fails here, by name."""
     initial = run_settings.initial_checkpoint_path
-    if initial and not files.path(initial).is_dir():
+    hf_base = run_setup.base_directory(initial)  # a Hugging Face checkpoint (dir or hub id)
+    if initial and not hf_base and not files.path(initial).is_dir():
         raise FileNotFoundError(f"INITIAL_CHECKPOINT_PATH {initial} does not exist")
     spec, eval_spec = _input_specs(run_settings)
     for batch_size in (spec.batch_size, run_settings.loop.eval_batch_size):
         partitioning.check_batch_divides(batch_size, mesh, rules)
     model_config, method = run_settings.model_config, run_settings.method
     method.validate(model_config, spec.feature_lengths, spec.pack)
+    if hf_base:  # the checkpoint's architecture and tokenizer (hf.gin sets both), or an error
+        run_setup.check_run(hf_base, model_config, spec.task)
     total_steps, stop_step = run_settings.stop.steps(spec)
     schedule = run_settings.schedule.build(total_steps)
     files.check_fingerprint(
