@@ -11,15 +11,18 @@ orbax writes them itself (train/checkpoints.py).
     atomic_write_csv(path, rows, fields)
     atomic_write_bytes(path, data)       figures, binary files
     append_jsonl(path, row)              one line added to a log (metrics.jsonl); not atomic
+    truncate_jsonl(path, keep)           a log cut back to the rows `keep` accepts, a line a
+                                         kill cut off dropped (a resumed run's metrics.jsonl)
     write_operative_config(directory)    config.gin: what gin actually used
     check_fingerprint(directory, fp)     refuses a directory that holds another run
+    read_fingerprint(directory)          what a directory holds (None: no fingerprint yet)
 """
 
 import csv
 import io
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from etils import epath
 
@@ -123,18 +126,51 @@ def read_jsonl(location: str | os.PathLike) -> list[dict]:
     ]
 
 
+def truncate_jsonl(location: str | os.PathLike, keep: Callable[[dict], bool]) -> list[dict]:
+    """Cuts a JSONL log back to the rows `keep` accepts; returns them.
+
+    A last line without its newline (a write a kill interrupted) and a line that is not JSON
+    are dropped, so the next append starts a line of its own. Kept lines keep their bytes; the
+    file is rewritten (atomically) only when something is dropped.
+    """
+    target = path(location)
+    if not target.exists():
+        return []
+    text = target.read_text(encoding="utf-8")
+    lines = text.split("\n")  # the last piece is "" when the file ends with its newline
+    kept_lines, rows = [], []
+    for line in lines[:-1]:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and keep(row):
+            kept_lines.append(line + "\n")
+            rows.append(row)
+    if len(kept_lines) != len(lines) - 1 or lines[-1]:
+        atomic_write_text(target, "".join(kept_lines))
+    return rows
+
+
 def write_operative_config(directory: str | os.PathLike) -> None:
     """DIRECTORY/config.gin: the gin bindings in force (t5x writes the same file)."""
     atomic_write_text(path(directory) / OPERATIVE_CONFIG_FILE, gin.operative_config_str())
 
 
-def check_fingerprint(directory: str | os.PathLike, fingerprint: dict, write: bool = True) -> None:
+def check_fingerprint(
+    directory: str | os.PathLike,
+    fingerprint: dict,
+    write: bool = True,
+    optional: Sequence[str] = (),
+) -> None:
     """Records a run's fingerprint, or refuses a directory that holds a different run.
 
     Args:
       directory: the run's directory (MODEL_DIR).
       fingerprint: JSON-serialisable settings that must match for a resume.
       write: record it when absent (only the first process of a pod writes).
+      optional: keys compared only when both fingerprints have them (keys added after older
+        run directories were written, or checked by the caller with a message of its own).
 
     Raises:
       FingerprintError: the saved fingerprint differs; the message names every differing key.
@@ -142,10 +178,10 @@ def check_fingerprint(directory: str | os.PathLike, fingerprint: dict, write: bo
     target = path(directory) / FINGERPRINT_FILE
     fingerprint = json.loads(json.dumps(fingerprint))  # compare as it would be read back
     if target.exists():
-        saved = read_json(target)
-        differ = sorted(
-            k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k)
-        )
+        saved = _saved_fingerprint(target)
+        compared = set(saved) | set(fingerprint)
+        compared -= {k for k in optional if k not in saved or k not in fingerprint}
+        differ = sorted(k for k in compared if saved.get(k) != fingerprint.get(k))
         if differ:
             details = "; ".join(
                 f"{k}: saved {saved.get(k)!r}, now {fingerprint.get(k)!r}" for k in differ
@@ -157,3 +193,23 @@ def check_fingerprint(directory: str | os.PathLike, fingerprint: dict, write: bo
         return
     if write:
         atomic_write_json(target, fingerprint)
+
+
+def read_fingerprint(directory: str | os.PathLike) -> dict | None:
+    """The fingerprint a run directory holds, or None; an unreadable one is a FingerprintError."""
+    target = path(directory) / FINGERPRINT_FILE
+    return _saved_fingerprint(target) if target.exists() else None
+
+
+def _saved_fingerprint(target: epath.Path) -> dict:
+    try:
+        saved = read_json(target)
+    except ValueError as err:
+        saved = err
+    if not isinstance(saved, dict):
+        raise FingerprintError(
+            f"{target} is unreadable ({saved}); it records the configuration this MODEL_DIR "
+            "holds. Restore it, or delete it to resume with this command's configuration "
+            "(then only the checkpoints' shapes are checked)."
+        )
+    return saved

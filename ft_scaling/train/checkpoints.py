@@ -2,8 +2,10 @@
 
 Restore order (`restore_or_initialize` below implements it; train/loop.py calls it):
   1. this run's latest checkpoint in MODEL_DIR (full train state: trainable params, optimizer
-     state, RNG, step, data position) -- a corrupt or partial latest one falls back to the
-     previous with a warning;
+     state, RNG, step, data position) -- a corrupt or partial latest one (unreadable data or
+     tree metadata) falls back to the previous with a warning and is moved to
+     MODEL_DIR/unreadable_checkpoints/, so the resumed run saves that step anew; a readable
+     one of another model is an error naming the parameters and both shapes;
   2. else INITIAL_CHECKPOINT_PATH: parameters only; leaves it lacks must be ones the finetuning
      method adds (initialised fresh), anything else missing or of another shape is an error.
      A Hugging Face checkpoint (directory or hub id) is read by `models.hf.load_pretrained`,
@@ -26,8 +28,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
+from ft_scaling import files
 from ft_scaling.models.hf import loading as hf_loading
 from ft_scaling.models.hf import run_setup
 from ft_scaling.train import trainer
@@ -71,7 +75,7 @@ class CheckpointStore:
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policy.orbax_policy(),
             enable_async_checkpointing=False,
-            create=True,
+            create=False,  # made by the first save: a run failing before it leaves no trace
             cleanup_tmp_directories=True,
         )
         self.directory = os.path.join(os.path.abspath(model_dir), "checkpoints")
@@ -89,10 +93,15 @@ class CheckpointStore:
         self._manager.wait_until_finished()
 
     def restore_latest(self, abstract_state):
-        """(state, meta) of the newest readable checkpoint, or None when there is none."""
+        """(state, meta) of the newest readable checkpoint, or None when there is none.
+
+        Unreadable newer steps are set aside once an older one (or none) is chosen; a readable
+        step of another model raises CheckpointError.
+        """
+        unreadable = []
         for step in reversed(self.steps()):
             try:
-                return self.restore(step, abstract_state)
+                restored = self.restore(step, abstract_state)
             except CheckpointError:
                 raise
             except Exception as err:  # a partial or corrupt step: fall back to the previous
@@ -102,7 +111,32 @@ class CheckpointStore:
                     self.directory,
                     err,
                 )
+                unreadable.append(step)
+                continue
+            self._set_aside(unreadable)
+            return restored
+        self._set_aside(unreadable)
         return None
+
+    def _set_aside(self, steps: list[int]) -> None:
+        """Moves unreadable steps to MODEL_DIR/unreadable_checkpoints/ (kept for a look, and
+        out of orbax's sight, so that training saves those steps again)."""
+        if not steps:
+            return
+        if jax.process_index() == 0:
+            aside = files.path(self.directory).parent / UNREADABLE_DIR
+            aside.mkdir(parents=True, exist_ok=True)
+            for step in steps:
+                source, target = files.path(self.directory) / str(step), aside / str(step)
+                suffix = 0
+                while target.exists():
+                    suffix += 1
+                    target = aside / f"{step}.{suffix}"
+                log.warning("moving unreadable checkpoint %s to %s", source, target)
+                source.rename(target)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("ft_scaling.checkpoints.set_aside")
+        self._manager.reload()
 
     def restore(self, step: int, abstract_state=None):
         state_args = ocp.args.StandardRestore(abstract_state)
@@ -110,12 +144,30 @@ class CheckpointStore:
         try:
             restored = self._manager.restore(step, args=args)
         except ValueError as err:
-            if "shape" in str(err).lower() or "structure" in str(err).lower():
-                raise CheckpointError(
-                    f"checkpoint step {step} in {self.directory} does not match this model: {err}"
-                ) from err
-            raise
+            text = str(err).lower()
+            if abstract_state is None or ("shape" not in text and "structure" not in text):
+                raise
+            saved = self._tree_metadata(step)
+            if saved is None:  # no readable tree metadata: corrupt, not another model
+                raise
+            differences = _param_differences(saved.get("params") or {}, abstract_state["params"])
+            raise CheckpointError(
+                f"checkpoint step {step} in {self.directory} does not match this model: "
+                f"{differences or err}"
+            ) from err
         return restored.state, restored.meta
+
+    def _tree_metadata(self, step: int) -> dict | None:
+        """The saved state's tree of array metadata, or None when it is missing or unreadable."""
+        handler = ocp.PyTreeCheckpointHandler()
+        try:
+            metadata = handler.metadata(files.path(self.directory) / str(step) / "state")
+        except Exception:  # noqa: BLE001 - a deleted or truncated _METADATA reads as None
+            return None
+        finally:
+            handler.close()
+        tree = getattr(metadata, "tree", None)
+        return tree if isinstance(tree, dict) and tree else None
 
     def best_step(self) -> int | None:
         best = self._manager.best_step()
@@ -127,6 +179,30 @@ class CheckpointStore:
 
     def close(self) -> None:
         self._manager.close()
+
+
+UNREADABLE_DIR = "unreadable_checkpoints"
+
+
+def _param_differences(saved: dict, expected: dict, limit: int = 5) -> str:
+    """'param a/b has shape (4, 8) in the checkpoint, the model expects (4, 16); ...'."""
+    # A method's trainable split holds None for the frozen leaves: those are not stored.
+    saved_flat = {k: v for k, v in traverse_util.flatten_dict(saved).items() if v is not None}
+    expected_flat = {k: v for k, v in traverse_util.flatten_dict(expected).items() if v is not None}
+    out = []
+    for path in sorted(set(saved_flat) | set(expected_flat)):
+        name, old, new = "/".join(path), saved_flat.get(path), expected_flat.get(path)
+        if old is None:
+            out.append(f"param {name} is not in the checkpoint (the model's: {tuple(new.shape)})")
+        elif new is None:
+            out.append(f"param {name} {tuple(old.shape)} of the checkpoint is not in the model")
+        elif tuple(old.shape) != tuple(new.shape):
+            out.append(
+                f"param {name} has shape {tuple(old.shape)} in the checkpoint, the model "
+                f"expects {tuple(new.shape)}"
+            )
+    more = f"; and {len(out) - limit} more" if len(out) > limit else ""
+    return "; ".join(out[:limit]) + more
 
 
 def _checkpoint_location(path: str) -> tuple[str, int | None]:

@@ -88,6 +88,7 @@ def train(
     `mesh` and `rules` are injected by the run gins (`@partitioning.make_mesh()`,
     `@partitioning.logical_rules()`, as t5x injects its partitioner); None builds those.
     """
+    settings.check_arguments(locals())  # first: locals() is exactly train's arguments here
     start = time.time()
     run_settings = settings.RunSettings(
         model_dir=model_dir,
@@ -114,8 +115,10 @@ def train(
     mesh = partitioning.make_mesh() if mesh is None else mesh
     rules = partitioning.logical_rules() if rules is None else rules
     run = settings.setup(run_settings, mesh, rules)
+    training = _Loop(run)  # restores or initialises: a bad INITIAL_CHECKPOINT_PATH fails here
+    settings.record(run)  # only now: a run that failed above left MODEL_DIR as it was
     _write_operative_config(model_dir)
-    result = _Loop(run).execute()
+    result = training.execute()
     result = result.replace(
         model_params=configs.param_count(run_settings.model_config),
         wall_time_s=time.time() - start,
@@ -133,17 +136,21 @@ class _Loop:
         self.run, self.cfg = run, run.settings.loop
         policy = checkpoints.RetentionPolicy(self.cfg.keep_last, True, self.cfg.keep_steps)
         self.store = checkpoints.CheckpointStore(run.settings.model_dir, policy)
-        self.state, self.frozen, self.meta = checkpoints.restore_or_initialize(
-            self.store,
-            model=run.model,
-            method=run.settings.method,
-            optimizer=run.settings.optimizer,
-            sequence_length=sum(run.spec.feature_lengths.values()),
-            seed=run.spec.seed,
-            initial_checkpoint_path=run.settings.initial_checkpoint_path,
-            mesh=run.mesh,
-            rules=run.rules,
-        )
+        try:
+            self.state, self.frozen, self.meta = checkpoints.restore_or_initialize(
+                self.store,
+                model=run.model,
+                method=run.settings.method,
+                optimizer=run.settings.optimizer,
+                sequence_length=sum(run.spec.feature_lengths.values()),
+                seed=run.spec.seed,
+                initial_checkpoint_path=run.settings.initial_checkpoint_path,
+                mesh=run.mesh,
+                rules=run.rules,
+            )
+        except BaseException:
+            self.store.close()  # its threads would otherwise outlive the error
+            raise
         self.train_fn, self.eval_fn = trainer.jit_steps(
             losses.LMLoss(run.model),
             run.settings.optimizer,
@@ -154,10 +161,11 @@ class _Loop:
             self.cfg.num_microbatches,
         )
         self.batch_sharding = partitioning.batch_sharding(run.mesh, run.rules)
+        self.step = int(self.meta["step"])
+        # Rows past the restored step are replayed by this call: the log is cut back to it.
         self.writer = metrics_io.MetricsWriter(
-            run.settings.model_dir, enabled=jax.process_index() == 0
+            run.settings.model_dir, enabled=jax.process_index() == 0, resume_step=self.step
         )
-        self.step = self.last_good = int(self.meta["step"])
         self.best = self.meta.get("best_dev_loss")
         tokens_per_step = run.spec.batch_size * sum(run.spec.feature_lengths.values())
         self.progress = metrics_io.Progress(run.total_steps, self.step, tokens_per_step)
@@ -196,10 +204,7 @@ class _Loop:
             return
         loss = float(metrics["loss"])
         if not math.isfinite(loss):
-            raise NonFiniteLossError(
-                f"loss is {loss} at step {self.step}; stopping. The last good checkpoint "
-                f"(step {self.last_good}) in {self.store.directory} is intact."
-            )
+            raise NonFiniteLossError(f"loss is {loss} at step {self.step}; stopping. {self.kept()}")
         lr = float(learning_rate)
         speed = self.progress.update(self.step, loss, lr, enabled=jax.process_index() == 0)
         row = {"loss": loss, "learning_rate": lr, "grad_norm": float(metrics["grad_norm"])}
@@ -229,13 +234,18 @@ class _Loop:
         finite = all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(self.state.params))
         if not finite:
             raise NonFiniteLossError(
-                f"parameters are not finite at step {self.step}; not saving. The last good "
-                f"checkpoint (step {self.last_good}) in {self.store.directory} is intact."
+                f"parameters are not finite at step {self.step}; not saving. {self.kept()}"
             )
         self.meta.update(step=self.step, data_position=self.step, best_dev_loss=self.best)
         tree = checkpoints.saved_tree(self.state, self.frozen, self.meta["base_checkpoint"])
         self.store.save(self.step, tree, dict(self.meta), dev_loss)
-        self.last_good = self.step
+
+    def kept(self) -> str:
+        """What a stopped run leaves to resume from, for its error message."""
+        last = self.store.latest_step()
+        if last is None:
+            return f"There is no last good checkpoint: none was saved in {self.store.directory}."
+        return f"The last good checkpoint (step {last}) in {self.store.directory} is intact."
 
     def finish(self, dev: dict | None) -> summary.RunSummary:
         """Last evaluation (unless the last step made it) and save; test of a finished run."""

@@ -8,11 +8,27 @@ from ft_scaling import files
 
 
 class MetricsWriter:
-    """Appends metrics to MODEL_DIR/metrics.jsonl and TensorBoard (process 0 only)."""
+    """Appends metrics to MODEL_DIR/metrics.jsonl and TensorBoard (process 0 only).
 
-    def __init__(self, model_dir: str, enabled: bool = True, tensorboard: bool = True):
+    A resumed run passes the step it restored: rows logged after it (the steps a kill or a
+    failed save lost, which the run trains again) and a line a kill cut off are removed, and
+    a row at that step already logged is not logged again, so the file equals an
+    uninterrupted run's line for line.
+    """
+
+    def __init__(
+        self,
+        model_dir: str,
+        enabled: bool = True,
+        tensorboard: bool = True,
+        resume_step: int | None = None,
+    ):
         self.enabled = enabled
         self._path = files.path(model_dir) / "metrics.jsonl"
+        self._logged: set[tuple[int, str]] = set()  # (step, split) rows at resume_step
+        if enabled and resume_step is not None:
+            kept = files.truncate_jsonl(self._path, lambda row: _step(row) <= resume_step)
+            self._logged = {(_step(r), r.get("split")) for r in kept if _step(r) == resume_step}
         self._tb = None
         if enabled and tensorboard:
             import tensorflow as tf  # only for summaries; already loaded by seqio
@@ -20,7 +36,7 @@ class MetricsWriter:
             self._tb = tf.summary.create_file_writer(str(files.path(model_dir) / "tensorboard"))
 
     def write(self, step: int, split: str, metrics: dict) -> None:
-        if not self.enabled:
+        if not self.enabled or (int(step), split) in self._logged:
             return
         row = {"step": int(step), "split": split, **{k: float(v) for k, v in metrics.items()}}
         files.append_jsonl(self._path, row)
@@ -31,6 +47,11 @@ class MetricsWriter:
                 for key, value in metrics.items():
                     tf.summary.scalar(f"{split}/{key}", float(value))
             self._tb.flush()
+
+
+def _step(row: dict) -> int:
+    step = row.get("step")
+    return step if isinstance(step, int) else 0
 
 
 def read_jsonl(path: str) -> list[dict]:
