@@ -1,8 +1,13 @@
 """`ft-scaling study`: run a study and write its report; `ft-scaling study report DIR`.
 
 ft-scaling study --gin_file=gin/studies/demo.gin --out=runs/demo [--preset=smoke]
+                 [--store=postgresql://USER:PASSWORD@HOST/DB [--lease_seconds=S]]
                  [--worker_index=I --num_workers=N] [--gin.KEY=VALUE ...]
 ft-scaling study report runs/demo
+
+--store: a results store every worker shares (a SQLAlchemy URL); each worker claims the next
+runnable run from it (study/claims.py). Without it the store is OUT/results.sqlite, and
+--worker_index/--num_workers split the runs by index (OUT/results_w<i>of<N>.sqlite each).
 """
 
 import argparse
@@ -23,6 +28,8 @@ def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     flags.add_gin_flags(parser)
     parser.add_argument("--out", required=True, help="study directory (results, runs, report)")
     parser.add_argument("--preset", default=None, help=f"a gin file in {PRESET_DIR}/, by name")
+    parser.add_argument("--store", default=None, help="SQLAlchemy URL of a shared store")
+    parser.add_argument("--lease_seconds", type=float, default=180.0, help="claim lease")
     parser.add_argument("--worker_index", type=int, default=0)
     parser.add_argument("--num_workers", type=int, default=1)
     parser.add_argument("--no_report", action="store_true", help="skip the report at the end")
@@ -56,13 +63,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, bindings = _parse(argv)
     files = _study_gin_files(args)
     flags.parse_gin(files, bindings, args.gin_search_paths)
+    from ft_scaling.study import claims as claims_lib
     from ft_scaling.study import report, runner, sweep
 
     study = sweep.Study()
     start = time.time()
     worker = runner.Worker(args.worker_index, args.num_workers)
-    counts = runner.run_study(study, args.out, worker)
+    if args.store and worker.count > 1:
+        raise SystemExit("ft-scaling study: --store workers claim runs; drop --num_workers")
+    # Poll for a claimable run a few times per lease: a dead worker's run is taken soon after.
+    poll_s = min(5.0, args.lease_seconds / 4)
+    claims = claims_lib.ClaimSettings(lease_s=args.lease_seconds, poll_s=poll_s)
+    counts = runner.run_study(study, args.out, worker, store_url=args.store, claims=claims)
     print(f"study {study.name}: {counts} in {time.time() - start:.0f}s", file=sys.stderr)
+    # A claiming worker returns once every run has its row, so each can write the report.
     if not args.no_report and worker.count == 1:
         print(report.write_report(args.out))
     return 0 if counts["failed"] == 0 else 4

@@ -12,6 +12,12 @@
 
 Killing the study at any moment loses at most the run in flight (and not even that: its
 checkpoints remain); running the same command again continues where it stopped.
+
+Two ways to share a study between workers:
+  --store=URL    every worker claims runs from one store (study/claims.py): no idle worker
+                 while runs are left, a dead worker's run reclaimed after its lease
+  --worker_index/--num_workers   without a database: run i goes to worker i mod P, each worker
+                 writes its own OUT/results_w<i>of<P>.sqlite
 """
 
 import dataclasses
@@ -23,6 +29,7 @@ import time
 import jax
 
 from ft_scaling import files
+from ft_scaling.study import claims as claims_lib
 from ft_scaling.study import execute, generation, sweep
 from ft_scaling.study import store as store_lib
 from ft_scaling.train import summary as summary_lib
@@ -75,12 +82,18 @@ class _Execution:
     dependency_timeout_s: float
     generation_metrics: generation.GenerationMetrics | None
 
-    def execute(self, run: sweep.Run) -> execute.Record:
-        """Waits for the run's dependency, trains it, records its row (or its failure)."""
+    def execute(self, run: sweep.Run, dependency_failed: bool | None = None) -> execute.Record:
+        """Waits for the run's dependency, trains it, records its row (or its failure).
+
+        `dependency_failed` (claimed runs): the store already says whether the dependency
+        finished, so there is nothing to wait for; True fails the run, naming it.
+        """
         model_dir = run.model_dir(self.out_dir)
 
         def train() -> execute.Record:
-            if run.depends_on:
+            if dependency_failed:
+                raise RuntimeError(f"run {run.depends_on} this run depends on has failed")
+            if run.depends_on and dependency_failed is None:
                 _wait_for(self.by_id[run.depends_on], self.out_dir, self.dependency_timeout_s)
             summary = execute.train_run(run, model_dir)
             return execute.Record(
@@ -96,26 +109,67 @@ def run_study(
     out_dir: str,
     worker: Worker = Worker(),
     dependency_timeout_s: float = 6 * 3600,
+    store_url: str | None = None,
+    claims: claims_lib.ClaimSettings | None = None,
 ) -> dict:
-    """Runs this worker's share of the study; returns counts of finished/failed/skipped runs."""
+    """Runs this worker's share of the study; returns counts of finished/failed/skipped runs.
+
+    Args:
+      study, out_dir: the study and its directory (a local path or gs://...).
+      worker: this worker's index and count (without `store_url`: run i mod P).
+      dependency_timeout_s: how long a finetuning run waits for its base (mod-P workers).
+      store_url: a SQLAlchemy URL every worker shares; runs are then claimed (module
+        docstring) and `worker` is not used.
+      claims: lease and polling of claimed runs (default: `claims.ClaimSettings()`).
+
+    Raises:
+      store.StoreError: the store cannot be reached or holds another study (before training).
+    """
     files.path(out_dir).mkdir(parents=True, exist_ok=True)
     # On a multi-host pod every host trains every run (the hosts form one mesh); only the
-    # first writes the plan and the store.
+    # first talks to the store and writes the plan.
     from ft_scaling.train import partitioning
 
     partitioning.initialize_distributed()
     leader = jax.process_index() == 0
-    runs = plan(study, out_dir, leader)
-    mine = sweep.assigned(runs, worker.index, worker.count)
-    path = worker.store_path(out_dir)
-    store = store_lib.ResultsStore(path) if leader else _ReadOnlyStore(path)
-    execution = _Execution(
-        out_dir, store, {r.run_id: r for r in runs}, dependency_timeout_s, study.generation_metrics
-    )
+    location = store_url or worker.store_path(out_dir)
+    store = _open_store(study, out_dir, location, leader, shared=store_url is not None)
     try:
-        return _run_all(study.name, mine, execution)
+        runs = plan(study, out_dir, leader)
+        by_id = {r.run_id: r for r in runs}
+        execution = _Execution(
+            out_dir, store, by_id, dependency_timeout_s, study.generation_metrics
+        )
+        if store_url is None:
+            return _run_all(study.name, sweep.assigned(runs, worker.index, worker.count), execution)
+        settings = claims or claims_lib.ClaimSettings()
+        return claims_lib.run_claimed(study.name, runs, store, execution.execute, settings, leader)
     finally:
         store.close()
+
+
+def _open_store(study: sweep.Study, out_dir: str, location: str, leader: bool, shared: bool):
+    """The leader's store (checked to be this study's), or what the other hosts of a pod see;
+    every host learns whether the leader could open it, so none trains when it could not."""
+    identity = {"kind": "study", "name": study.name}
+    if shared:  # workers sharing a database must also share the directory of their runs
+        identity["out"] = str(out_dir)
+    store, error = None, None
+    try:
+        if leader:
+            store = store_lib.ResultsStore(location, identity)
+            if shared:
+                store_lib.point_to(out_dir, location)
+    except store_lib.StoreError as err:
+        error = err
+    (opened,) = claims_lib.agree([int(error is None)])
+    if error is not None:
+        raise error
+    if not opened:
+        raise store_lib.StoreError(f"process 0 could not open the results store of {out_dir}")
+    if leader:
+        return store
+    return _FollowerStore() if shared else _ReadOnlyStore(location)
 
 
 def _run_all(name: str, mine: list[sweep.Run], execution: _Execution) -> dict:
@@ -132,6 +186,16 @@ def _run_all(name: str, mine: list[sweep.Run], execution: _Execution) -> dict:
         counts[execution.execute(run).status] += 1
         done_now += 1
     return counts
+
+
+class _FollowerStore:
+    """A store for the other hosts of a pod whose process 0 claims runs: they write nothing."""
+
+    def record(self, *args, **kwargs):
+        del args, kwargs
+
+    def close(self):
+        pass
 
 
 class _ReadOnlyStore:
