@@ -121,6 +121,8 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     straight, resumed = _train_losses(tmp_path / "straight"), _train_losses(killed)
     assert sorted(resumed) == sorted(straight) == list(range(1, steps + 1))
     assert [resumed[s] for s in range(1, steps + 1)] == [straight[s] for s in range(1, steps + 1)]
+    # The log itself: the replayed steps are not logged twice (#19 item 3).
+    assert _log_lines(killed) == _log_lines(tmp_path / "straight")
     a, _ = _params(tmp_path / "straight")
     b, meta = _params(killed)
     assert meta["step"] == steps
@@ -128,6 +130,14 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     assert flat_a.keys() == flat_b.keys()
     for key in flat_a:
         np.testing.assert_array_equal(np.asarray(flat_a[key]), np.asarray(flat_b[key]))
+
+
+def _log_lines(model_dir) -> list[dict]:
+    """metrics.jsonl line by line, without the timings (they differ between any two runs)."""
+    with open(os.path.join(model_dir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    timings = ("tokens_per_s", "steps_per_s")
+    return [{k: v for k, v in row.items() if k not in timings} for row in rows]
 
 
 def _flatten(tree, prefix=()):
