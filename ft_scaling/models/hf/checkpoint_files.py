@@ -70,20 +70,18 @@ class CheckpointFiles(contextlib.AbstractContextManager):
         handle = self._handle(name)
         if self.torch_format:
             return handle[name][index].float().numpy()
-        tensor = handle.get_slice(name)
-        if tensor.get_dtype() == "BF16":
-            return np.asarray(self._bf16_handle(name).get_slice(name)[index], np.float32)
-        return np.asarray(tensor[index], np.float32)
-
-    def _bf16_handle(self, name: str):
-        key = ("bf16", self.weight_map[name])
-        if key not in self._open:
-            path = os.path.join(self.directory, self.weight_map[name])
-            # The host CPU, not an accelerator: slices only pass through on their way to
-            # their devices.
-            with jax.default_device(jax.devices("cpu")[0]):
-                self._open[key] = self._stack.enter_context(_safe_open(path, "flax"))
-        return self._open[key]
+        bf16 = handle.get_slice(name).get_dtype() == "BF16"
+        # A mapping of its own, closed at once: pages read through a mapping that stays open
+        # count as resident until it closes, so the cached handle (shapes, dtypes) would
+        # come to hold every byte of the file besides the params made from them.
+        path = os.path.join(self.directory, self.weight_map[name])
+        if not bf16:
+            with _safe_open(path, "numpy") as fresh:
+                return np.array(fresh.get_slice(name)[index], np.float32)
+        # The host CPU, not an accelerator: slices only pass through on their way to their
+        # devices.
+        with jax.default_device(jax.devices("cpu")[0]), _safe_open(path, "flax") as fresh:
+            return np.array(fresh.get_slice(name)[index], np.float32)
 
 
 def _safe_open(path: str, framework: str):
