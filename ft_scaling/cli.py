@@ -13,6 +13,7 @@ SUBCOMMANDS = {
     "eval": ("ft_scaling.eval.main", "perplexity and generation metrics of a checkpoint"),
     "infer": ("ft_scaling.eval.infer_main", "write predictions of a checkpoint as JSONL"),
     "info": ("ft_scaling.models.info", "print parameter counts of gin-configured models"),
+    "convert": ("ft_scaling.models.hf.convert_cli", "hf-to-orbax / orbax-to-hf SRC DST"),
     "fit": ("ft_scaling.scaling.fit_cli", "fit scaling laws to a results table"),
     "data": ("ft_scaling.data.data_cli", "build the embedded debian_l10n corpus"),
     "study": ("ft_scaling.study.main", "run a scaling study and write its report"),

@@ -1,5 +1,14 @@
-"""`ft-scaling info`: parameter counts of gin-configured models, without allocating them."""
+"""`ft-scaling info`: parameter counts of a model, without allocating it.
 
+ft-scaling info --gin_file=t5x_configs/models/1b.gin     a gin-configured model
+ft-scaling info --hf=DIR|ORG/NAME[@REVISION]             a Hugging Face checkpoint: its
+                                                        architecture, our ModelConfig of it
+                                                        and the counts (a hub id fetches
+                                                        only config.json)
+"""
+
+import argparse
+import dataclasses
 from collections.abc import Sequence
 
 import jax
@@ -30,7 +39,33 @@ def describe(config: configs.ModelConfig) -> str:
     )
 
 
+def describe_hf(path_or_id: str) -> str:
+    """Architecture, the ModelConfig fields that differ from the paper's defaults, and counts."""
+    from ft_scaling.models.hf import config_conversion, loading  # noqa: PLC0415
+
+    hf_config = loading.read_config(loading.resolve(path_or_id, config_only=True))
+    config = config_conversion.to_model_config(hf_config)
+    default = configs.ModelConfig()
+    fields = [
+        f"{field.name}={getattr(config, field.name)!r}"
+        for field in dataclasses.fields(config)
+        if getattr(config, field.name) != getattr(default, field.name)
+    ]
+    return (
+        f"{path_or_id}: {config_conversion.architecture(hf_config)}\n"
+        f"ModelConfig({', '.join(fields)})\n{describe(config)}"
+    )
+
+
 def main(argv: Sequence[str]) -> int:
-    flags.parse_flags(argv, "print parameter counts of a gin-configured model")
+    bindings, rest = flags.split_gin_bindings(argv)
+    parser = argparse.ArgumentParser(description="print parameter counts of a model")
+    flags.add_gin_flags(parser)
+    parser.add_argument("--hf", default=None, help="Hugging Face directory or hub id")
+    args = parser.parse_args(rest)
+    if args.hf:
+        print(describe_hf(args.hf))
+        return 0
+    flags.parse_gin(args.gin_file, bindings, args.gin_search_paths)
     print(describe(configs.ModelConfig()))
     return 0

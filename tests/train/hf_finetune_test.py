@@ -14,7 +14,9 @@ import pytest
 from flax import traverse_util
 
 from ft_scaling import cli, files
-from ft_scaling.models.hf import loading
+from ft_scaling.methods import lora
+from ft_scaling.models import decoder
+from ft_scaling.models.hf import loading, run_setup
 from ft_scaling.train import checkpoints
 from tests.train import byte_tasks
 
@@ -137,6 +139,26 @@ def test_lora_prompt_bitfit_finetune_an_imported_model(hf_dirs, family, tmp_path
         flat = traverse_util.flatten_dict(params)
         frozen = ("layers_0", "attention", "query", "kernel")
         np.testing.assert_array_equal(np.asarray(flat[frozen]), np.asarray(base_params[frozen]))
+        if method == "lora":
+            _check_exported_lora(hf_dirs[family], model_dir, params, tmp_path / "lora_hf")
+
+
+def _check_exported_lora(hf_dir, model_dir, params, out_dir) -> None:
+    """`ft-scaling convert orbax-to-hf` of the LoRA run: transformers gives our merged logits."""
+    assert cli.main(["convert", "orbax-to-hf", str(model_dir), str(out_dir)]) == 0
+    exported = transformers.AutoModelForCausalLM.from_pretrained(str(out_dir)).eval()
+    merged = lora.LoRA(rank=4, alpha=4.0).merge(params)  # gin/methods/lora.gin's defaults
+    tokens = np.random.default_rng(0).integers(3, TOKENIZER_IDS, (2, 16))
+    config = run_setup.model_config(str(hf_dir))
+    ours = np.asarray(decoder.Decoder(config).apply({"params": merged}, tokens))
+    with torch.no_grad():
+        theirs = exported(input_ids=torch.tensor(tokens)).logits.numpy()
+    assert np.abs(ours - theirs).max() <= 1e-4
+    base = checkpoints.load_params(str(model_dir))[1]["base_checkpoint"]
+    unchanged = np.asarray(
+        decoder.Decoder(config).apply({"params": loading.load_pretrained(base)[1]}, tokens)
+    )
+    assert np.abs(unchanged - theirs).max() > 1e-3  # the LoRA update is in the export
 
 
 @pytest.mark.slow

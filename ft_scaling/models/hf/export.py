@@ -29,7 +29,8 @@ from flax import traverse_util
 from ft_scaling.models import configs
 from ft_scaling.models.hf import config_conversion, loading, param_names
 
-_COPIED = (
+# Copied from the source beside the weights.
+COPIED = (
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
@@ -65,7 +66,7 @@ def save_pretrained(config: configs.ModelConfig, params, out_dir: str, source: s
     hf_config = {**hf_config, "torch_dtype": "float32", "dtype": "float32"}
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(hf_config, f, indent=2)
-    for name in _COPIED:
+    for name in COPIED:
         if os.path.exists(os.path.join(source, name)):
             shutil.copy(os.path.join(source, name), os.path.join(out_dir, name))
     return out_dir

@@ -79,8 +79,11 @@ def read_config(directory: str) -> dict:
         return json.load(f)
 
 
-def resolve(path_or_id: str) -> str:
-    """A local directory for a path or a hub id ('org/name[@revision]')."""
+def resolve(path_or_id: str, config_only: bool = False) -> str:
+    """A local directory for a path or a hub id ('org/name[@revision]').
+
+    `config_only` fetches only the JSON files of a hub id (config and tokenizer settings).
+    """
     if os.path.isdir(path_or_id):
         return path_or_id
     repo, _, revision = path_or_id.partition("@")
@@ -99,12 +102,24 @@ def resolve(path_or_id: str) -> str:
         return huggingface_hub.snapshot_download(
             repo,
             revision=revision or None,
-            allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "pytorch_model*.bin"],
+            allow_patterns=_hub_patterns(repo, revision, config_only),
         )
     except (OSError, huggingface_hub.errors.HfHubHTTPError) as error:
         raise CheckpointError(
             offline_hint.format(why=f"{type(error).__name__}: {error}")
         ) from error
+
+
+def _hub_patterns(repo: str, revision: str, config_only: bool) -> list[str]:
+    """What to fetch: the JSON files, plus the safetensors weights, or the torch pickles of an
+    older revision that has none (repos with both would otherwise be fetched twice)."""
+    if config_only:
+        return ["*.json"]
+    import huggingface_hub  # noqa: PLC0415
+
+    names = huggingface_hub.list_repo_files(repo, revision=revision or None)
+    safetensors = any(name.endswith(".safetensors") for name in names)
+    return ["*.json", "*.model", "*.txt", "*.safetensors" if safetensors else "pytorch_model*.bin"]
 
 
 def _param_layout(config, mesh, rules):
