@@ -28,6 +28,7 @@ def _parse_study(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     flags.add_gin_flags(parser)
     parser.add_argument("--out", required=True, help="study directory (stages, results, report)")
     parser.add_argument("--methods", default=None, help="comma-separated subset of the methods")
+    parser.add_argument("--store", default=None, help="SQLAlchemy URL of the results store")
     return parser.parse_args(rest), bindings
 
 
@@ -56,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec = study.ClassifyStudy()
     start = time.time()
     methods = args.methods.split(",") if args.methods else None
-    counts = study.run_study(spec, args.out, methods)
+    counts = study.run_study(spec, args.out, methods, args.store)
     files.write_operative_config(args.out)  # OUT/config.gin: the bindings the study used
     print(f"classify study {spec.name}: {counts} in {time.time() - start:.0f}s", file=sys.stderr)
     print(report.write(args.out, spec))

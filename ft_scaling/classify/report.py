@@ -83,7 +83,7 @@ def _stages(store_rows: list[dict]) -> list[str]:
 
 def write(out_dir: str, study=None) -> str:
     """Writes OUT/report.md and OUT/results.csv from the store; returns the markdown."""
-    store = store_lib.ResultsStore(os.path.join(out_dir, "results.sqlite"))
+    store = store_lib.ResultsStore(store_lib.store_of(out_dir))
     rows = store.rows("classify", "finished")
     failed = store.rows("classify", "failed")
     stages = store.rows("stage", "finished")

@@ -2,7 +2,8 @@
 
     OUT/pretrain    the pretraining stage (LM trainer)  -- or PRETRAINED_CHECKPOINT, reused
     OUT/adaptive    the adaptive stage from it          -- when the study has one
-    OUT/results.sqlite  one row per finished run (study/store.py), written atomically
+    OUT/results.sqlite  one row per finished run (study/store.py), written atomically; or the
+                        database of --store=postgresql://... (OUT/store.json points to it)
     OUT/report.md, OUT/results.csv   the comparison table (report.py)
 
 Plan, then execute: `run_ids` lists the runs, and each stage and run goes through the one run
@@ -131,10 +132,26 @@ def run_ids(study: ClassifyStudy, methods: list | None = None) -> list[tuple]:
     ]
 
 
-def run_study(study: ClassifyStudy, out_dir: str, methods: list | None = None) -> dict:
-    """Runs what is not finished yet and writes the report; returns run counts."""
+def run_study(
+    study: ClassifyStudy, out_dir: str, methods: list | None = None, store_url: str | None = None
+) -> dict:
+    """Runs what is not finished yet and writes the report; returns run counts.
+
+    Args:
+      study, out_dir: the study and its directory.
+      methods: run only these methods (names); default all.
+      store_url: a SQLAlchemy URL (postgresql://...) for the rows instead of
+        OUT/results.sqlite; OUT/store.json then points the report to it.
+
+    Raises:
+      store.StoreError: the database cannot be reached or holds another study.
+    """
     files.check_fingerprint(out_dir, _fingerprint(study), write=jax.process_index() == 0)
-    store = store_lib.ResultsStore(os.path.join(out_dir, "results.sqlite"))
+    identity = {"kind": "classify", "name": study.name, **({"out": out_dir} if store_url else {})}
+    location = store_url or os.path.join(out_dir, store_lib.DEFAULT_FILE)
+    store = store_lib.ResultsStore(location, identity)
+    if store_url:
+        store_lib.point_to(out_dir, store_url)
     start = time.time()
     bases = run_stages(study, out_dir, store)
     runs = run_ids(study, methods)

@@ -11,14 +11,15 @@
           train it (execute.py) under a Lease: a thread renews it every lease_s / 3, so a
               worker that dies stops renewing and its run is claimable lease_s later; the
               next worker resumes it from its checkpoints in the same MODEL_DIR
-          its row is recorded (which ends the lease); a preempted or interrupted worker
-              releases the lease at once
+          its row is recorded, then the lease released (at once also when the worker is
+              preempted or interrupted, so another worker may take the run over)
 
 Why claims: with i mod P a pod that drew the large runs works long after the others sit idle;
 claiming the next run keeps every worker busy until the plan runs out (benchmarks/claims_idle.py
 measures the difference).
 """
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -79,8 +80,29 @@ class Lease:
     def __exit__(self, error_type, error, traceback) -> None:
         self._stop.set()
         self._thread.join()
-        if error_type is not None:  # preempted or interrupted: another worker may take it now
-            self._store.release(self._run_id, self._worker)
+        # Also when preempted or interrupted: another worker may take the run over at once.
+        self._store.release(self._run_id, self._worker)
+
+
+@contextlib.contextmanager
+def holding(store, run_id: str, settings: ClaimSettings | None, wait: bool = True):
+    """Holds the lease of one run while the block runs; yields whether it does.
+
+    Several workers of a search may draw the same config, hence the same MODEL_DIR: one trains
+    it at a time. `wait`: wait while another worker holds it (else yield False at once). With
+    no settings (a store of one worker) there is nothing to hold: yields True.
+    """
+    if settings is None:
+        yield True
+        return
+    store.add_plan([(run_id, None)])
+    while not store.take(run_id, settings.name(), settings.lease_s):
+        if not wait:
+            yield False
+            return
+        time.sleep(settings.poll_s)
+    with Lease(store, run_id, settings.name(), settings.lease_s):
+        yield True
 
 
 def agree(values: Sequence[int]) -> list[int]:

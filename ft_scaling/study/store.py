@@ -102,7 +102,17 @@ def redact(url: str) -> str:
 
 def without_password(url: str) -> str:
     """The URL with no password (libpq then reads PGPASSWORD or ~/.pgpass)."""
-    return sa.engine.make_url(url).set(password=None).render_as_string(hide_password=False)
+    parsed = sa.engine.make_url(url)  # (URL.set ignores password=None: build it anew)
+    bare = sa.engine.URL.create(
+        parsed.drivername,
+        parsed.username,
+        None,
+        parsed.host,
+        parsed.port,
+        parsed.database,
+        parsed.query,
+    )
+    return bare.render_as_string(hide_password=False)
 
 
 def _engine(location: str) -> sa.Engine:
@@ -199,7 +209,7 @@ class ResultsStore:
             return conn.execute(query).scalar()
 
     def record(self, run_id: str, kind: str, status: str, row: dict, error: str | None = None):
-        """Writes (or replaces) the run's row in one transaction and ends its claim's lease."""
+        """Writes (or replaces) the run's row in one transaction (its lease ends apart)."""
         values = dict(
             kind=kind,
             status=status,
@@ -212,9 +222,6 @@ class ResultsStore:
         upsert = upsert.on_conflict_do_update(index_elements=[RUNS.c.run_id], set_=values)
         with self._engine.begin() as conn:  # the row is there whole or not at all
             conn.execute(upsert)
-            conn.execute(
-                sa.update(CLAIMS).where(CLAIMS.c.run_id == run_id).values(lease_until=None)
-            )
 
     def rows(self, kind: str | None = None, status: str | None = None) -> list[dict]:
         query = sa.select(RUNS.c.run_id, RUNS.c.kind, RUNS.c.status, RUNS.c.row, RUNS.c.error)
@@ -264,6 +271,27 @@ class ResultsStore:
                     )
                 )
         return run_id
+
+    def take(self, run_id: str, worker: str, lease_s: float, now: float | None = None) -> bool:
+        """Claims one given run (added with `add_plan`) if no live lease holds it; whether it
+        did. Its row is not looked at: a search continues a run that has one."""
+        now = time.time() if now is None else now
+        with self._engine.begin() as conn:
+            done = conn.execute(
+                sa.update(CLAIMS)
+                .where(CLAIMS.c.run_id == run_id, _free(now))
+                .values(worker=worker, lease_until=now + lease_s, attempts=CLAIMS.c.attempts + 1)
+            )
+        return done.rowcount == 1
+
+    def lease_live(self, run_id: str, now: float | None = None) -> bool:
+        """Whether a worker holds the run's lease now."""
+        now = time.time() if now is None else now
+        with self._engine.connect() as conn:
+            until = conn.execute(
+                sa.select(CLAIMS.c.lease_until).where(CLAIMS.c.run_id == run_id)
+            ).scalar()
+        return until is not None and until >= now
 
     def renew(self, run_id: str, worker: str, lease_s: float, now: float | None = None) -> bool:
         """Extends the worker's lease on a run; False when the lease is no longer its own."""

@@ -1,7 +1,12 @@
 """`ft-scaling search`: run (or continue) an early-stopped search and write its report.
 
 ft-scaling search --gin_file=gin/searches/demo.gin --out=runs/search_demo [--gin.KEY=VALUE ...]
+                  [--store=postgresql://USER:PASSWORD@HOST/DB [--lease_seconds=S]]
 ft-scaling search report runs/search_demo
+
+--store: several workers (same command on several machines) share one search: its trial rows
+and Optuna's storage live in that database (run.py). Without it: OUT/results.sqlite and
+OUT/optuna.sqlite, one worker.
 
 Exit status: 0 when done, 3 when training was preempted (SIGTERM; rerun the same command to
 continue), 4 when no trial produced a metric.
@@ -27,6 +32,8 @@ def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     flags.add_gin_flags(parser)
     parser.add_argument("--out", required=True, help="search directory (trials, runs, report)")
     parser.add_argument("--no_report", action="store_true", help="skip the report at the end")
+    parser.add_argument("--store", default=None, help="SQLAlchemy URL shared by workers")
+    parser.add_argument("--lease_seconds", type=float, default=180.0, help="run lease")
     return parser.parse_args(rest), bindings
 
 
@@ -38,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # Our progress lines say what Optuna's INFO lines would, with the metric and an ETA.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from ft_scaling.study import claims as claims_lib
     from ft_scaling.study import execute
     from ft_scaling.study.search import config as search_config
     from ft_scaling.study.search import report as search_report
@@ -57,7 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = search_config.Search()
     start = time.time()
     try:
-        counts = search_run.run_search(config, args.out)
+        claims = claims_lib.ClaimSettings(args.lease_seconds, min(5.0, args.lease_seconds / 4))
+        counts = search_run.run_search(config, args.out, args.store, claims)
     except execute.Preempted as err:
         print(f"ft-scaling search: {err}; rerun the same command to continue", file=sys.stderr)
         return EXIT_PREEMPTED

@@ -64,7 +64,7 @@ def rank_agreement(early, final, k: int = OVERLAP_K) -> RankAgreement:
 def load(out_dir: str) -> tuple[dict, list[dict]]:
     """(search settings, trial rows ordered by first trial number)."""
     settings = files.read_json(files.path(out_dir) / "search_settings.json")
-    store = store_lib.ResultsStore(os.path.join(out_dir, "results.sqlite"))
+    store = store_lib.ResultsStore(store_lib.store_of(out_dir))
     rows = store.rows(kind="trial")
     store.close()
     return settings, sorted(rows, key=lambda r: min(r.get("trials") or [math.inf]))

@@ -20,6 +20,12 @@ Why Optuna's TPE and not Vizier: both are maintained Bayesian optimisers; Optuna
 through our trainer instead of inside a callback, and its RDB storage (OUT/optuna.sqlite,
 `load_if_exists`) keeps the optimiser's state across a kill.
 
+Several workers (`--store=URL`): the trial rows and Optuna's state (its RDB storage) live in
+one database that every worker shares. A worker holds a lease on each run it trains
+(claims.holding), so two workers never train one MODEL_DIR; it asks for a trial only while
+fewer than `trials` are done or running, and closes a surplus one it lost a race for untrained;
+a RUNNING trial whose run's lease expired (its worker died) is recovered as below by any worker.
+
 Resuming. Every trial is a run row in OUT/results.sqlite (kind 'trial'), keyed like study runs
 by the hash of its portable config, and written before Optuna is told, so:
   * a run whose row holds a phase's metric is never trained for that phase again (a config
@@ -32,14 +38,17 @@ by the hash of its portable config, and written before Optuna is told, so:
 
 import logging
 import os
+import time
 
 import optuna
 from optuna.trial import TrialState
 
+from ft_scaling.study import claims as claims_lib
 from ft_scaling.study import execute
 from ft_scaling.study import store as store_lib
 from ft_scaling.study.search import config as search_config
 from ft_scaling.study.search import progress as search_progress
+from ft_scaling.study.search import workers
 from ft_scaling.train import summary as summary_lib
 
 log = logging.getLogger(__name__)
@@ -49,9 +58,11 @@ log = logging.getLogger(__name__)
 REPORT_STEPS = 100
 
 
-def open_study(search: search_config.Search, out_dir: str) -> optuna.Study:
-    """The Optuna study in OUT/optuna.sqlite, created or loaded (resumed)."""
-    storage = f"sqlite:///{os.path.abspath(os.path.join(out_dir, 'optuna.sqlite'))}"
+def open_study(
+    search: search_config.Search, out_dir: str, storage_url: str | None = None
+) -> optuna.Study:
+    """The Optuna study in OUT/optuna.sqlite (or the shared database), created or loaded."""
+    storage = storage_url or f"sqlite:///{os.path.abspath(os.path.join(out_dir, 'optuna.sqlite'))}"
     pruner = (
         optuna.pruners.MedianPruner(n_startup_trials=search.startup_trials)
         if search.pruner == "median"
@@ -81,22 +92,41 @@ def sampler(search: search_config.Search, position: int) -> optuna.samplers.TPES
     )
 
 
-def run_search(search: search_config.Search, out_dir: str) -> dict:
-    """Runs (or continues) the search; returns counts of trials by outcome."""
+def run_search(
+    search: search_config.Search,
+    out_dir: str,
+    store_url: str | None = None,
+    claims: claims_lib.ClaimSettings | None = None,
+) -> dict:
+    """Runs (or continues) the search; returns counts of trials by outcome.
+
+    Args:
+      search, out_dir: the search and its directory.
+      store_url: a database shared by several workers (module docstring); default: one.
+      claims: leases of the runs a worker trains (with `store_url`).
+
+    Raises:
+      store.StoreError: the database cannot be reached or holds another study.
+    """
     os.makedirs(out_dir, exist_ok=True)
     search_config.check_space(search, out_dir)
     search_config.write_settings(search, out_dir)
-    store = store_lib.ResultsStore(os.path.join(out_dir, "results.sqlite"))
+    shared = (claims or claims_lib.ClaimSettings()) if store_url else None
+    identity = {"kind": "search", "name": search.name, **({"out": out_dir} if shared else {})}
+    store = store_lib.ResultsStore(store_url or os.path.join(out_dir, "results.sqlite"), identity)
     try:
+        if store_url:
+            store_lib.point_to(out_dir, store_url)
         continuations = search.trials if search.full_budget_for == "all" else search.top_k
         progress = search_progress.Progress(
             search.name, search.trials, min(continuations, search.trials)
         )
-        _pretrain(search, out_dir, store, progress)
-        study = open_study(search, out_dir)
-        _recover(search, study, store)
-        _explore(search, study, store, out_dir, progress)
-        _continue(search, store, out_dir, progress)
+        _pretrain(search, out_dir, store, progress, shared)
+        with claims_lib.holding(store, "optuna-storage", shared):  # one creates its tables
+            study = open_study(search, out_dir, store_url)
+        _recover(search, study, store, shared)
+        _explore(search, study, store, out_dir, progress, shared)
+        _continue(search, store, out_dir, progress, shared)
         return counts(search, study, store)
     finally:
         store.close()
@@ -107,12 +137,18 @@ def trial_rows(store: store_lib.ResultsStore) -> dict[str, dict]:
     return {row["run_id"]: row for row in store.rows(kind="trial")}
 
 
-def _pretrain(search, out_dir, store, progress) -> None:
-    """Pretrains the base model unless it is recorded; a failure stops the search (every
-    trial starts from it), so nothing is recorded then."""
+def _pretrain(search, out_dir, store, progress, shared=None) -> None:
+    """Pretrains the base model unless it is recorded (by this or another worker); a failure
+    stops the search (every trial starts from it), so nothing is recorded then."""
     run = search_config.pretrain_run(search, out_dir)
     if run is None or store.status(run.run_id) == "finished":
         return
+    with claims_lib.holding(store, run.run_id, shared):
+        if store.status(run.run_id) != "finished":  # not pretrained while this worker waited
+            _pretrain_base(search, run, out_dir, store, progress)
+
+
+def _pretrain_base(search, run, out_dir, store, progress) -> None:
     progress.say(f"pretraining {search.base_model.name} ({search.base_model.pretrain_steps} steps)")
     model_dir = run.model_dir(out_dir)
 
@@ -140,11 +176,13 @@ def _done(study: optuna.Study) -> int:
     return len(finished) + len(failed)
 
 
-def _recover(search, study: optuna.Study, store) -> None:
+def _recover(search, study: optuna.Study, store, shared=None) -> None:
     """Closes the trials a kill left RUNNING: told from their row if it was written, else
     failed and enqueued again (the same config, hence the same MODEL_DIR to resume)."""
     rows = trial_rows(store)
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    for trial in workers.running(study):
+        if not workers.stale(trial, store, shared):
+            continue
         row = rows.get(trial.user_attrs.get("run_id"), {})
         early = row.get(f"early_{search.metric}")
         if early is not None and row.get("pruned"):
@@ -157,23 +195,47 @@ def _recover(search, study: optuna.Study, store) -> None:
             log.warning("trial %d was interrupted; its config runs again", trial.number)
 
 
-def _explore(search, study, store, out_dir, progress) -> None:
+def _explore(search, study, store, out_dir, progress, shared=None) -> None:
     while (done := _done(study)) < search.trials:
-        study.sampler = sampler(search, done)
-        trial = study.ask()
-        values = search.space.suggest(trial)
-        run = search_config.trial_run(search, values, out_dir)
-        trial.set_user_attr("run_id", run.run_id)
-        progress.trial_started(done + 1, trial.number, values)
-        record, trained = _early_phase(search, run, trial.number, store, out_dir)
-        if record.status == "failed":  # recorded; the search goes on (TPE ignores it)
-            trial.set_user_attr("error", record.error.splitlines()[0][:500])
-            study.tell(trial, state=TrialState.FAIL)
-            progress.trial_failed(trial.number, record.error)
+        if shared is not None and _wait_for_others(search, study, store, shared):
             continue
-        row = {**record.row, "run_id": run.run_id, "status": record.status}
-        _tell_early(search, study, trial, row, store)
-        progress.trial_done(trial.number, row, search.metric, trained)
+        # Several workers seed by the trials asked so far: at once, they draw other configs.
+        position = done if shared is None else len(study.get_trials(deepcopy=False))
+        study.sampler = sampler(search, position)
+        trial = study.ask()
+        # The trial's lease, held until Optuna is told: without one it looks abandoned.
+        with claims_lib.holding(store, workers.trial_key(trial.number), shared):
+            if shared is not None and workers.surplus(search, study, trial):
+                continue
+            values = search.space.suggest(trial)
+            run = search_config.trial_run(search, values, out_dir)
+            trial.set_user_attr("run_id", run.run_id)
+            progress.trial_started(done + 1, trial.number, values)
+            with claims_lib.holding(store, run.run_id, shared):  # one worker per MODEL_DIR
+                _trial(search, study, trial, run, store, out_dir, progress)
+
+
+def _trial(search, study, trial, run, store, out_dir, progress) -> None:
+    """The early phase of one asked trial, recorded, then told to Optuna."""
+    record, trained = _early_phase(search, run, trial.number, store, out_dir)
+    if record.status == "failed":  # recorded; the search goes on (TPE ignores it)
+        trial.set_user_attr("error", record.error.splitlines()[0][:500])
+        study.tell(trial, state=TrialState.FAIL)
+        progress.trial_failed(trial.number, record.error)
+        return
+    row = {**record.row, "run_id": run.run_id, "status": record.status}
+    _tell_early(search, study, trial, row, store)
+    progress.trial_done(trial.number, row, search.metric, trained)
+
+
+def _wait_for_others(search, study, store, shared) -> bool:
+    """With the budget taken by trials done and running elsewhere: waits a poll (recovering
+    a dead worker's trial) and says so; else False (this worker asks for a trial)."""
+    _recover(search, study, store, shared)
+    if _done(study) + len(workers.running(study)) < search.trials:
+        return False
+    time.sleep(shared.poll_s)
+    return True
 
 
 def _early_phase(search, run, number, store, out_dir) -> tuple[execute.Record, bool]:
@@ -258,20 +320,37 @@ def continued(search, rows: dict[str, dict]) -> list[dict]:
     return ranked if search.full_budget_for == "all" else ranked[: search.top_k]
 
 
-def _continue(search, store, out_dir, progress) -> None:
+def _continue(search, store, out_dir, progress, shared=None) -> None:
+    """Resumes the chosen runs to their full budget; with several workers, each takes the
+    runs no other holds, and waits until all of them are done."""
     chosen = continued(search, trial_rows(store))
-    for position, row in enumerate(chosen, start=1):
-        if row["status"] == "finished":
-            continue
-        run = search_config.trial_run(search, row["params"], out_dir)
-        if run.run_id != row["run_id"]:
-            raise RuntimeError(f"run {row['run_id']} no longer matches its config: {row['params']}")
-        progress.full_started(position, len(chosen), row)
-        record = _full_phase(run, row, store, out_dir)
-        if record.status == "failed":  # recorded; its early result stays; a rerun retries it
-            progress.trial_failed(row["trials"][0], record.error)
-            continue
-        progress.full_done({**row, **record.row}, search.metric)
+    pending = [(position, row["run_id"]) for position, row in enumerate(chosen, start=1)]
+    while pending:
+        held_elsewhere = []
+        for position, run_id in pending:
+            with claims_lib.holding(store, run_id, shared, wait=False) as held:
+                if held:
+                    row = trial_rows(store)[run_id]  # as recorded now, maybe by another worker
+                    _continue_one(search, row, position, len(chosen), store, out_dir, progress)
+                else:
+                    held_elsewhere.append((position, run_id))
+        pending = held_elsewhere
+        if pending:
+            time.sleep(shared.poll_s)
+
+
+def _continue_one(search, row, position, total, store, out_dir, progress) -> None:
+    if row["status"] == "finished":
+        return
+    run = search_config.trial_run(search, row["params"], out_dir)
+    if run.run_id != row["run_id"]:
+        raise RuntimeError(f"run {row['run_id']} no longer matches its config: {row['params']}")
+    progress.full_started(position, total, row)
+    record = _full_phase(run, row, store, out_dir)
+    if record.status == "failed":  # recorded; its early result stays; a rerun retries it
+        progress.trial_failed(row["trials"][0], record.error)
+        return
+    progress.full_done({**row, **record.row}, search.metric)
 
 
 def _full_phase(run, row: dict, store, out_dir: str) -> execute.Record:
