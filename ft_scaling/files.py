@@ -3,11 +3,11 @@
 Every file ft-scaling writes (summaries, plans, reports, CSV tables, predictions, the operative
 config) goes through this module, on `etils.epath` paths, so a local directory and a `gs://`
 bucket are handled alike and a storage change touches one module. Checkpoints are the exception:
-orbax writes them itself (train/checkpoints.py).
+orbax writes them itself (train/checkpoints.py), to GCS through tensorstore.
 
-    atomic_write_text(path, text)        temp file beside the target, then rename: a reader or
-    atomic_write_json(path, obj)         a crash never sees half a file (on a local disk the
-    atomic_write_jsonl(path, rows)       rename is atomic; on GCS an object appears whole)
+    atomic_write_text(path, text)        a reader or a crash never sees half a file (below)
+    atomic_write_json(path, obj)
+    atomic_write_jsonl(path, rows)
     atomic_write_csv(path, rows, fields)
     atomic_write_bytes(path, data)       figures, binary files
     append_jsonl(path, row)              one line added to a log (metrics.jsonl); not atomic
@@ -16,6 +16,26 @@ orbax writes them itself (train/checkpoints.py).
     write_operative_config(directory)    config.gin: what gin actually used
     check_fingerprint(directory, fp)     refuses a directory that holds another run
     read_fingerprint(directory)          what a directory holds (None: no fingerprint yet)
+    check_writable(directory)            fails at once, naming it, on a bucket that cannot
+                                         be reached or written (before any training)
+
+Which atomicity guarantee holds where:
+  local disk   a temp file beside the target, then os.replace: POSIX rename is atomic, so a
+               reader sees the old file or the new one, and a crash leaves the old one.
+  gs://        rename is a copy plus a delete there, not atomic; instead each file is written
+               as one object in one upload (no temp object, no rename). GCS makes an object
+               visible only once its upload completes, and a read sees the old generation or
+               the new one, never a mix; a crash mid-upload leaves the old object.
+               append_jsonl rewrites the whole object (GCS objects cannot be appended to), so
+               a crash loses at most the line being added. Directories do not exist there:
+               nothing is created for them (and no bucket is ever created).
+  checkpoints  orbax writes a step into a temp directory and finalises it by rename on a
+               local disk; on GCS it writes the step's objects, then a commit_success.txt
+               marker last, and a step without its marker is not a checkpoint.
+
+gs:// goes through etils.epath's fsspec backend (gcsfs), not tf.io.gfile (epath's default
+when TensorFlow is installed): gcsfs also talks to a GCS emulator (STORAGE_EMULATOR_HOST),
+which is how the tests run the bucket path. EPATH_USE_TF=true picks tf.io.gfile again.
 """
 
 import csv
@@ -28,6 +48,9 @@ from etils import epath
 
 import gin
 
+# Before any gs:// path is touched: epath reads it once (module docstring).
+os.environ.setdefault("EPATH_USE_TF", "false")
+
 FINGERPRINT_FILE = "run_fingerprint.json"
 OPERATIVE_CONFIG_FILE = "config.gin"
 
@@ -39,6 +62,40 @@ class FingerprintError(ValueError):
 def path(location: str | os.PathLike) -> epath.Path:
     """`location` as an epath.Path (local path or gs://...)."""
     return epath.Path(location)
+
+
+def is_remote(location: str | os.PathLike) -> bool:
+    """Whether `location` is in object storage (gs://), where there is no rename."""
+    return os.fspath(location).startswith("gs://")
+
+
+def absolute(location: str | os.PathLike) -> str:
+    """A local path made absolute; a gs:// location as it is."""
+    location = os.fspath(location)
+    return location if is_remote(location) else os.path.abspath(location)
+
+
+def _parent_dir(target: epath.Path) -> None:
+    if not is_remote(target):  # object storage has no directories to make
+        target.parent.mkdir(parents=True, exist_ok=True)
+
+
+def check_writable(directory: str | os.PathLike) -> None:
+    """Writes and deletes a probe object in a gs:// directory (a local one is made).
+
+    Raises:
+      OSError: the bucket cannot be reached, does not exist, or refuses the write; the
+        message names the location.
+    """
+    if not is_remote(directory):
+        path(directory).mkdir(parents=True, exist_ok=True)
+        return
+    probe = path(directory) / f".ft_scaling_probe.{os.getpid()}"
+    try:
+        probe.write_text("probe", encoding="utf-8")
+        probe.unlink()
+    except Exception as err:  # gcsfs raises aiohttp, OSError or HTTP errors alike
+        raise OSError(f"cannot write to {directory}: {type(err).__name__}: {err}") from None
 
 
 def exists(location: str | os.PathLike) -> bool:
@@ -59,9 +116,13 @@ def read_json(location: str | os.PathLike):
 
 
 def atomic_write_text(location: str | os.PathLike, text: str) -> None:
-    """Writes `text` through a temp file in the same directory, then renames it into place."""
+    """Writes `text` through a temp file in the same directory, then renames it into place;
+    on gs:// as one object in one upload (module docstring)."""
     target = path(location)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    if is_remote(target):
+        target.write_text(text, encoding="utf-8")
+        return
+    _parent_dir(target)
     tmp = target.parent / f"{target.name}.tmp.{os.getpid()}"
     try:
         tmp.write_text(text, encoding="utf-8")
@@ -75,7 +136,10 @@ def atomic_write_text(location: str | os.PathLike, text: str) -> None:
 def atomic_write_bytes(location: str | os.PathLike, data: bytes) -> None:
     """Writes `data` (a figure, a binary model file) as `atomic_write_text` writes text."""
     target = path(location)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    if is_remote(target):
+        target.write_bytes(data)
+        return
+    _parent_dir(target)
     tmp = target.parent / f"{target.name}.tmp.{os.getpid()}"
     try:
         tmp.write_bytes(data)
@@ -109,9 +173,14 @@ def atomic_write_csv(
 
 
 def append_jsonl(location: str | os.PathLike, row: Mapping) -> None:
-    """Appends one JSON line (a log such as metrics.jsonl, written as a run goes)."""
+    """Appends one JSON line (a log such as metrics.jsonl, written as a run goes); on gs://
+    the object is rewritten whole with the line added (objects cannot be appended to)."""
     target = path(location)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    if is_remote(target):
+        before = target.read_text(encoding="utf-8") if target.exists() else ""
+        target.write_text(before + json.dumps(row) + "\n", encoding="utf-8")
+        return
+    _parent_dir(target)
     with target.open("a") as f:
         f.write(json.dumps(row) + "\n")
 
