@@ -49,6 +49,10 @@ class LayerFreeze(base.Method):
                 "LayerFreeze needs exactly one of top_k and layer_pattern, got "
                 f"top_k={self.top_k}, layer_pattern={self.layer_pattern!r}"
             )
+        if self.top_k is not None and (
+            isinstance(self.top_k, bool) or not isinstance(self.top_k, int)
+        ):
+            raise ValueError(f"LayerFreeze.top_k must be an integer, got {self.top_k!r}")
         if self.top_k is not None and self.top_k <= 0:
             raise ValueError(f"LayerFreeze.top_k must be positive, got {self.top_k}")
 

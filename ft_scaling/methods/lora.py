@@ -119,6 +119,8 @@ class LoRA(base.Method):
 
     def __post_init__(self):
         object.__setattr__(self, "targets", _as_tuple(self.targets))  # gin passes lists
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int):
+            raise ValueError(f"LoRA.rank (LORA_RANK) must be an integer, got {self.rank!r}")
         if self.rank <= 0:
             raise ValueError(f"LoRA.rank must be positive, got {self.rank}")
         if not 0.0 <= self.dropout_rate < 1.0:
@@ -156,7 +158,18 @@ class LoRA(base.Method):
 
     def validate(self, config, feature_lengths: Mapping[str, int], packed: bool) -> None:
         del feature_lengths, packed  # LoRA works with any features and with packing
-        check_targets(self.targets, valid_module_paths(decoder.Decoder(config)))
+        modules = adaptable_modules(decoder.Decoder(config))
+        check_targets(self.targets, sorted(modules))
+        # A rank above a kernel's smaller side adds parameters but no rank: W + AB is then
+        # any matrix already (and LORA_RANK=1000 on a 64-wide model is a typo, not a sweep).
+        targeted = {p: dims for p, dims in modules.items() if is_target(p, self.targets)}
+        path = min(targeted, key=lambda p: (min(targeted[p]), p))
+        if self.rank > min(targeted[path]):
+            raise ValueError(
+                f"LoRA.rank (LORA_RANK) = {self.rank} exceeds the smaller side of the targeted "
+                f"kernel {path} (fan-in, fan-out = {targeted[path]}); the largest useful rank "
+                f"is {min(targeted[path])}"
+            )
 
     def merge(self, params):
         """Base-shaped params with W + (alpha/r) A B folded into every targeted kernel.
@@ -182,16 +195,29 @@ class LoRA(base.Method):
 
 
 def valid_module_paths(model: nn.Module) -> list[str]:
-    """Paths of the modules LoRA can adapt (those built through `model.projection`).
+    """Paths of the modules LoRA can adapt (those built through `model.projection`)."""
+    return sorted(adaptable_modules(model))
+
+
+def adaptable_modules(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """{module path: (fan-in, fan-out) of its kernel} of every module LoRA can adapt.
 
     Found by abstract evaluation (no FLOPs, no memory) of the model with every projection
-    targeted: the modules that then own a LORA_A leaf are exactly the swappable ones.
+    targeted at rank 1: the modules that then own a LORA_A leaf are exactly the swappable
+    ones, and A [in..., 1] and B [1, out...] give the kernel's flattened sides.
     """
     probe = model.clone(projection=functools.partial(LoRAProjection, rank=1, targets=_MATCH_ALL))
     tokens = jnp.zeros((1, 1), jnp.int32)
     shapes = jax.eval_shape(lambda: probe.init(jax.random.PRNGKey(0), tokens))["params"]
     flat = traverse_util.flatten_dict(nn.meta.unbox(shapes))
-    return sorted(module_path(path[:-1]) for path in flat if path[-1] == LORA_A)
+    return {
+        module_path(path[:-1]): (
+            decoder._flat(leaf.shape[:-1]),
+            decoder._flat(flat[(*path[:-1], LORA_B)].shape[1:]),
+        )
+        for path, leaf in flat.items()
+        if path[-1] == LORA_A
+    }
 
 
 def check_targets(targets: Sequence[str], valid_paths: Sequence[str]) -> None:

@@ -157,6 +157,10 @@ class PromptTuning(base.Method):
 
     def __post_init__(self):
         object.__setattr__(self, "vocab_sample_range", tuple(self.vocab_sample_range))
+        if isinstance(self.prompt_length, bool) or not isinstance(self.prompt_length, int):
+            raise ValueError(
+                f"PromptTuning.prompt_length must be an integer, got {self.prompt_length!r}"
+            )
         if self.prompt_length <= 0:
             raise ValueError(
                 f"PromptTuning.prompt_length must be positive, got {self.prompt_length}"

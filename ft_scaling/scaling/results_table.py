@@ -40,7 +40,30 @@ def read_table(path: str) -> dict[str, np.ndarray]:
     header = reader.fieldnames or []
     if not rows:
         raise ScalingInputError(f"{path}: no rows (columns: {', '.join(header) or 'none'})")
+    _check_duplicates(path, header, rows)
     return {name: np.array([row[name] or "" for row in rows], dtype=object) for name in header}
+
+
+# With a seed column, these name one run: two rows with equal values are one run twice.
+RUN_KEY = FACTORS + ("task", "method", "finetune_examples", "seed")
+
+
+def _check_duplicates(path: str, header: Sequence[str], rows: Sequence[Mapping]) -> None:
+    """Refuses a run listed twice (two exports concatenated, a row pasted twice): it would
+    count twice in the fit and in the bootstrap. Rows are 1-based data rows."""
+    seen: dict[tuple, int] = {}
+    for number, row in enumerate(rows, start=1):
+        identities = [("identical rows", tuple(row.get(c) for c in header))]
+        if all(c in header for c in RUN_KEY):
+            run = ", ".join(f"{c}={row[c]}" for c in RUN_KEY)
+            identities.append((f"the same run ({run})", tuple(row[c] for c in RUN_KEY)))
+        for what, key in identities:
+            if (what, key) in seen:
+                raise ScalingInputError(
+                    f"{path}: duplicated rows: data rows {seen[what, key]} and {number} are "
+                    f"{what}; remove one (a run listed twice counts twice in the fit)"
+                )
+            seen[what, key] = number
 
 
 def from_rows(rows: Sequence[Mapping]) -> dict[str, np.ndarray]:

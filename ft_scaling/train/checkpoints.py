@@ -139,23 +139,37 @@ class CheckpointStore:
         self._manager.reload()
 
     def restore(self, step: int, abstract_state=None):
+        """(state, meta) of `step`, restored into `abstract_state`'s shapes and shardings.
+
+        Raises:
+          CheckpointError: the step is readable but holds another model (params named with
+            both shapes); checked on its metadata first, as a failing orbax restore leaves
+            its pending reads to print tracebacks from their threads.
+          Exception: anything else (a corrupt step; `restore_latest` falls back on it).
+        """
+        saved = None if abstract_state is None else self._tree_metadata(step)
+        if saved is not None:
+            self._check_matches(step, saved, abstract_state)
         state_args = ocp.args.StandardRestore(abstract_state)
         args = ocp.args.Composite(state=state_args, meta=ocp.args.JsonRestore())
         try:
             restored = self._manager.restore(step, args=args)
         except ValueError as err:
             text = str(err).lower()
-            if abstract_state is None or ("shape" not in text and "structure" not in text):
-                raise
-            saved = self._tree_metadata(step)
-            if saved is None:  # no readable tree metadata: corrupt, not another model
-                raise
-            differences = _param_differences(saved.get("params") or {}, abstract_state["params"])
+            if saved is None or ("shape" not in text and "structure" not in text):
+                raise  # without readable tree metadata: corrupt, not another model
             raise CheckpointError(
-                f"checkpoint step {step} in {self.directory} does not match this model: "
-                f"{differences or err}"
+                f"checkpoint step {step} in {self.directory} does not match this model: {err}"
             ) from err
         return restored.state, restored.meta
+
+    def _check_matches(self, step: int, saved: dict, abstract_state) -> None:
+        differences = _param_differences(saved.get("params") or {}, abstract_state["params"])
+        if differences:
+            raise CheckpointError(
+                f"checkpoint step {step} in {self.directory} does not match this model: "
+                f"{differences}"
+            )
 
     def _tree_metadata(self, step: int) -> dict | None:
         """The saved state's tree of array metadata, or None when it is missing or unreadable."""
