@@ -36,6 +36,8 @@ from ft_scaling.data import vocab
 from ft_scaling.eval import few_shot
 from ft_scaling.methods import base, registry
 from ft_scaling.models import configs, decoder
+from ft_scaling.models.hf import loading as hf_loading
+from ft_scaling.models.hf import run_setup as hf_run_setup
 from ft_scaling.train import checkpoints, optimizers, partitioning, trainer
 
 KINDS = ("vanilla", "pbft", "icl", "distill")
@@ -131,6 +133,8 @@ _BASES: dict = {}
 
 def _base_params(path: str):
     """Host params of a base checkpoint, read once per process (a study reuses a few bases)."""
+    if hf_run_setup.is_hf_directory(path):  # an imported Hugging Face checkpoint
+        return jax.tree.map(np.asarray, hf_loading.load_pretrained(path)[1])
     key = (os.path.abspath(path), os.path.getmtime(os.path.join(path, "checkpoints")))
     if key not in _BASES:
         if len(_BASES) >= 4:  # a study has two bases; tests and sessions may see more

@@ -140,6 +140,21 @@ class HfTokenizerVocabulary(seqio.Vocabulary):
         return hash(self.digest)
 
 
+NAME_PREFIX = "hf:"
+
+
+def from_name(name: str) -> HfTokenizerVocabulary:
+    """The vocabulary `vocab.get_vocabulary` names 'hf:DIR' or 'hf:org/name[@revision]'.
+
+    So a setting that names a vocabulary (the classify study's `RunSettings.vocabulary`, GLUE's
+    encoder, its adaptive LM task) can name an imported checkpoint's tokenizer; a hub id
+    fetches only the checkpoint's JSON files.
+    """
+    from ft_scaling.models.hf import loading  # noqa: PLC0415  (models -> data stays one way)
+
+    return checkpoint_vocabulary(loading.resolve(name.removeprefix(NAME_PREFIX), config_only=True))
+
+
 @functools.cache
 def checkpoint_vocabulary(directory: str) -> HfTokenizerVocabulary:
     """The tokenizer of HF checkpoint `directory`, checked against its config.json vocab_size.

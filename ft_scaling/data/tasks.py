@@ -7,7 +7,7 @@
     debian_l10n_translate_en_{de,zh}        shipped debian_l10n snapshot in, tgt    BLEU
     debian_l10n_summarize_{en,de,fr,zh}     (mixture debian_l10n_summarize: en+de+fr)  ROUGE-L
     debian_l10n_pretrain_en_{de,zh}         LM text, train items only    tgt        -
-    <name>_hf_<digest>            <name> in an HF checkpoint's tokenizer (register_hf_variant)
+    hf_<digest>_<name>            <name> in an HF checkpoint's tokenizer (register_hf_variant)
 
 Splits (PAPER.md §2, Table 1a): wmt14_ende validation = TFDS validation (newstest2013), test =
 newstest2020+2021+2022 from sacrebleu (first reference); wmt19_enzh validation = newsdev2017
@@ -230,7 +230,7 @@ def _add_pretrain_task(name: str, config: str) -> None:
 def register_hf_variant(name: str, directory: str) -> str:
     """Registers (once) task or mixture `name` in HF checkpoint `directory`'s tokenizer.
 
-    The variant `<name>_hf_<digest>` keeps the source, splits, preprocessing and metrics; every
+    The variant `hf_<digest>_<name>` keeps the source, splits, preprocessing and metrics; every
     output feature's vocabulary becomes the checkpoint's tokenizer.json (refused when it has
     more ids than config.json's vocab_size). When the tokenizer adds a BOS (Llama, Gemma) the
     BOS begins each sequence: prepended to `inputs`, or to `targets` of a targets-only task. A
@@ -250,7 +250,7 @@ def register_hf_variant(name: str, directory: str) -> str:
 
 
 def _hf_variant(name: str, vocabulary) -> str:
-    variant = f"{name}_hf_{vocabulary.digest}"
+    variant = f"hf_{vocabulary.digest}_{name}"  # ends as the parent (eval reads its language there)
     provider = subsets.get_task_or_mixture(name)  # an unknown name lists the registered ones
     registered = seqio.TaskRegistry.names() | seqio.MixtureRegistry.names()
     if variant not in registered and isinstance(provider, seqio.Mixture):

@@ -112,6 +112,10 @@ def get_vocabulary(name: str = "debian_l10n_ende") -> seqio.SentencePieceVocabul
     Raises:
       FileNotFoundError: when the model file is missing, with the command that builds it.
     """
+    if name.startswith("hf:"):  # an imported checkpoint's tokenizer.json (data/hf_vocab.py)
+        from ft_scaling.data import hf_vocab  # noqa: PLC0415  (tokenizers: optional)
+
+        return hf_vocab.from_name(name)
     # A full build (FT_SCALING_DEBIAN_L10N_DIR) may carry its own vocabularies.
     path = model_path(name, debian_l10n.data_root())
     if not os.path.exists(path):

@@ -57,7 +57,7 @@ def neox_like(tmp_path_factory):
 def test_variant_has_the_checkpoints_vocabulary_and_the_parent_is_unchanged(name, llama_like):
     variant = tasks.register_hf_variant(name, llama_like)
     vocabulary = hf_vocab.checkpoint_vocabulary(llama_like)
-    assert variant == f"{name}_hf_{vocabulary.digest}"
+    assert variant == f"hf_{vocabulary.digest}_{name}"
     assert tasks.register_hf_variant(name, llama_like) == variant  # idempotent
     parent, task = seqio.get_mixture_or_task(name), seqio.get_mixture_or_task(variant)
     assert set(task.output_features) == set(parent.output_features)
@@ -77,7 +77,7 @@ def test_mixture_variant_maps_members_at_the_parents_rates(neox_like):
         seqio.get_mixture_or_task("debian_l10n_summarize"),
     )
     digest = hf_vocab.checkpoint_vocabulary(neox_like).digest
-    assert [t.name for t in mixture.tasks] == [f"{t.name}_hf_{digest}" for t in parent.tasks]
+    assert [t.name for t in mixture.tasks] == [f"hf_{digest}_{t.name}" for t in parent.tasks]
     for task, parent_task in zip(mixture.tasks, parent.tasks, strict=True):
         assert mixture.get_rate(task) == parent.get_rate(parent_task)
     mlsum = seqio.get_mixture_or_task(tasks.register_hf_variant("mlsum", neox_like))

@@ -141,6 +141,28 @@ def test_lora_prompt_bitfit_finetune_an_imported_model(hf_dirs, family, tmp_path
         np.testing.assert_array_equal(np.asarray(flat[frozen]), np.asarray(base_params[frozen]))
         if method == "lora":
             _check_exported_lora(hf_dirs[family], model_dir, params, tmp_path / "lora_hf")
+            _check_eval(hf_dirs[family], model_dir)
+
+
+def _check_eval(hf_dir, model_dir) -> None:
+    """`ft-scaling eval` with hf.gin: the LoRA run over its HF base, in the HF tokenizer."""
+    argv = [
+        "eval",
+        "--gin_file=t5x_configs/runs/eval.gin",
+        f"--gin_file={METHODS['lora']}",
+        "--gin_file=t5x_configs/models/hf.gin",
+        f"--gin.HF_CHECKPOINT='{hf_dir}'",
+        f"--gin.CHECKPOINT_PATH='{model_dir}'",
+        f"--gin.MIXTURE_OR_TASK_NAME='{byte_tasks.PREFIX_TASK}'",
+        "--gin.TASK_FEATURE_LENGTHS={'inputs': 24, 'targets': 24}",
+        "--gin.EVAL_SPLIT='validation'",
+        "--gin.MAX_EXAMPLES=2",
+        "--gin.MAX_DECODE_LENGTH=4",
+    ]
+    assert cli.main(argv) == 0
+    (result,) = (model_dir / "eval").glob("validation_step*.json")
+    metrics = json.loads(result.read_text())["metrics"]
+    assert math.isfinite(metrics["perplexity"]) and "bleu" in metrics, metrics
 
 
 def _check_exported_lora(hf_dir, model_dir, params, out_dir) -> None:
@@ -222,3 +244,34 @@ def test_hub_id_without_a_network_says_so(tmp_path, capsys):
         "--gin.TRAIN_STEPS=1",
     )
     assert "cannot fetch the hub model 'EleutherAI/pythia-1b@step143000': no network" in err
+
+
+@pytest.mark.slow
+def test_glue_classification_from_the_imported_model(hf_dirs):
+    """GLUE (classify, MNLI under mock data): PBFT with LoRA from the imported Llama, in its
+    own tokenizer (RunSettings.vocabulary 'hf:DIR'), base params from the HF directory."""
+    import tensorflow_datasets as tfds
+
+    from ft_scaling.classify import run, tasks
+    from ft_scaling.data import hf_vocab, vocab
+
+    directory = str(hf_dirs["llama"])
+    assert vocab.get_vocabulary(f"hf:{directory}") is hf_vocab.checkpoint_vocabulary(directory)
+    settings = run.RunSettings(
+        task="mnli",
+        pattern="mnli_question",
+        model_config=run_setup.model_config(directory),
+        vocabulary=f"hf:{directory}",
+        field_tokens=8,
+        sequence_length=48,
+        batch_size=4,
+        eval_batch_size=8,
+        eval_examples=8,
+        unlabeled_examples=8,
+    )
+    spec = run.MethodSpec("pbft_lora", "pbft", "lora", 1e-2, steps=3)
+    tasks._read.cache_clear()
+    with tfds.testing.mock_data(num_examples=40):
+        row = run.run(spec, settings, per_class=2, seed=0, bases={"pretrained": directory})
+    tasks._read.cache_clear()
+    assert math.isfinite(row["last_train_loss"]) and 0.0 <= row["in_domain_accuracy"] <= 1.0
