@@ -18,6 +18,7 @@ orbax writes them itself (train/checkpoints.py), to GCS through tensorstore.
     read_fingerprint(directory)          what a directory holds (None: no fingerprint yet)
     check_writable(directory)            fails at once, naming it, on a bucket that cannot
                                          be reached or written (before any training)
+    upload_directory(local, location)    a local directory's files as objects (TensorBoard)
 
 Which atomicity guarantee holds where:
   local disk   a temp file beside the target, then os.replace: POSIX rename is atomic, so a
@@ -44,12 +45,17 @@ import json
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
+import fsspec
 from etils import epath
 
 import gin
 
 # Before any gs:// path is touched: epath reads it once (module docstring).
 os.environ.setdefault("EPATH_USE_TF", "false")
+# gcsfs caches directory listings for the life of a process by default; other processes
+# (another worker, the hosts of a pod, tensorstore writing checkpoints) change a bucket under
+# it, and a stale listing hides a new checkpoint step from orbax. Every listing asks GCS.
+fsspec.config.conf.setdefault("gs", {}).setdefault("use_listings_cache", False)
 
 FINGERPRINT_FILE = "run_fingerprint.json"
 OPERATIVE_CONFIG_FILE = "config.gin"
@@ -96,6 +102,16 @@ def check_writable(directory: str | os.PathLike) -> None:
         probe.unlink()
     except Exception as err:  # gcsfs raises aiohttp, OSError or HTTP errors alike
         raise OSError(f"cannot write to {directory}: {type(err).__name__}: {err}") from None
+
+
+def upload_directory(local_dir: str | os.PathLike, location: str | os.PathLike) -> None:
+    """Copies each file of a local directory to `location` (a gs:// directory), one object
+    each: for files another library writes locally (TensorBoard event files)."""
+    for name in sorted(os.listdir(local_dir)):
+        source = os.path.join(local_dir, name)
+        if os.path.isfile(source):
+            with open(source, "rb") as f:
+                atomic_write_bytes(path(location) / name, f.read())
 
 
 def exists(location: str | os.PathLike) -> bool:

@@ -125,7 +125,7 @@ def run_study(
     Raises:
       store.StoreError: the store cannot be reached or holds another study (before training).
     """
-    files.path(out_dir).mkdir(parents=True, exist_ok=True)
+    files.check_writable(out_dir)  # a bucket that cannot be written fails before training
     # On a multi-host pod every host trains every run (the hosts form one mesh); only the
     # first talks to the store and writes the plan.
     from ft_scaling.train import partitioning

@@ -78,7 +78,7 @@ class CheckpointStore:
             create=False,  # made by the first save: a run failing before it leaves no trace
             cleanup_tmp_directories=True,
         )
-        self.directory = os.path.join(os.path.abspath(model_dir), "checkpoints")
+        self.directory = str(files.path(files.absolute(model_dir)) / "checkpoints")  # or gs://
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def steps(self) -> list[int]:
@@ -88,9 +88,23 @@ class CheckpointStore:
         metrics = None if dev_loss is None else {"dev_loss": float(dev_loss)}
         if step in self._manager.all_steps():
             return
+        self._remove_unfinished(step)
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         self._manager.save(step, args=args, metrics=metrics, force=True)
         self._manager.wait_until_finished()
+
+    def _remove_unfinished(self, step: int) -> None:
+        """On gs://, orbax writes a step in place and commits it with a marker object last: a
+        kill mid-save leaves the step's objects without it (not a step to orbax). They are
+        deleted before the step is saved again, so no stale object mixes into the new one."""
+        unfinished = files.path(self.directory) / str(step)
+        if not files.is_remote(self.directory) or not unfinished.exists():
+            return
+        if jax.process_index() == 0:
+            log.warning("deleting the unfinished checkpoint %s before saving it anew", unfinished)
+            unfinished.rmtree()
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"unfinished checkpoint {step} deleted")
 
     def restore_latest(self, abstract_state):
         """(state, meta) of the newest readable checkpoint, or None when there is none.
@@ -221,11 +235,11 @@ def _param_differences(saved: dict, expected: dict, limit: int = 5) -> str:
 
 def _checkpoint_location(path: str) -> tuple[str, int | None]:
     """A MODEL_DIR (best, else latest step) or a MODEL_DIR/checkpoints/<step> directory."""
-    path = os.path.abspath(path)
-    parent, leaf = os.path.split(path)
-    if leaf.isdigit() and os.path.basename(parent) == "checkpoints":
-        return os.path.dirname(parent), int(leaf)
-    if not os.path.isdir(os.path.join(path, "checkpoints")):
+    path = files.absolute(path)  # a local path or gs://
+    location = files.path(path)
+    if location.name.isdigit() and location.parent.name == "checkpoints":
+        return str(location.parent.parent), int(location.name)
+    if not (location / "checkpoints").is_dir():
         raise CheckpointError(f"no checkpoints under {path} (expected {path}/checkpoints/<step>)")
     return path, None
 
@@ -360,7 +374,7 @@ def _initial_state(model, method, optimizer, sequence_length, seed, base_path, m
         base = hf_loading.load_pretrained(hf_dir, mesh, rules)[1] if hf_dir else None
         base = _base_params(base_path) if base is None else base
         params = initial_params(params, base, method.is_method_param)
-        base_path = hf_dir or os.path.abspath(base_path)
+        base_path = hf_dir or files.absolute(base_path)
     after_restore = getattr(method, "after_restore", None)
     if after_restore is not None:
         params = after_restore(params, jax.random.fold_in(rng, 2))
@@ -395,6 +409,15 @@ def _abstract(tree):
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
+def _modified(path: str) -> float | None:
+    """When a local checkpoint directory last changed (a new step); None on gs://, where a
+    committed step never changes and a base is read only once its run has finished."""
+    if files.is_remote(path):
+        return None
+    checkpoints = os.path.join(path, "checkpoints")
+    return os.path.getmtime(checkpoints if os.path.isdir(checkpoints) else path)
+
+
 _BASE_CACHE: dict = {}
 BASE_CACHE_BYTES = 2 << 30
 
@@ -406,12 +429,7 @@ def _base_params(path: str) -> dict:
     once saves a restore per run. Host numpy copies, so a donated train state never aliases
     them. Bases larger than BASE_CACHE_BYTES are read every time.
     """
-    checkpoint_dir = (
-        os.path.join(path, "checkpoints")
-        if os.path.isdir(os.path.join(path, "checkpoints"))
-        else path
-    )
-    key = (os.path.abspath(path), os.path.getmtime(checkpoint_dir))
+    key = (files.absolute(path), _modified(path))
     if key in _BASE_CACHE:
         return _BASE_CACHE[key]
     params, _ = load_params(path)

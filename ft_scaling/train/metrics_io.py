@@ -2,6 +2,7 @@
 console progress line (step, loss, learning rate, tokens/s, ETA)."""
 
 import sys
+import tempfile
 import time
 
 from ft_scaling import files
@@ -29,11 +30,17 @@ class MetricsWriter:
         if enabled and resume_step is not None:
             kept = files.truncate_jsonl(self._path, lambda row: _step(row) <= resume_step)
             self._logged = {(_step(r), r.get("split")) for r in kept if _step(r) == resume_step}
-        self._tb = None
+        self._tb, self._tb_local, self._tb_remote = None, None, None
         if enabled and tensorboard:
             import tensorflow as tf  # only for summaries; already loaded by seqio
 
-            self._tb = tf.summary.create_file_writer(str(files.path(model_dir) / "tensorboard"))
+            self._tb_local = str(files.path(model_dir) / "tensorboard")
+            if files.is_remote(model_dir):
+                # TF would write gs:// with its own GCS client, around files.py: its event files
+                # are written locally and uploaded as objects at each flush.
+                self._tb_remote = self._tb_local
+                self._tb_local = tempfile.mkdtemp(prefix="ft_scaling_tensorboard_")
+            self._tb = tf.summary.create_file_writer(self._tb_local)
 
     def write(self, step: int, split: str, metrics: dict) -> None:
         if not self.enabled or (int(step), split) in self._logged:
@@ -47,6 +54,8 @@ class MetricsWriter:
                 for key, value in metrics.items():
                     tf.summary.scalar(f"{split}/{key}", float(value))
             self._tb.flush()
+            if self._tb_remote is not None:
+                files.upload_directory(self._tb_local, self._tb_remote)
 
 
 def _step(row: dict) -> int:

@@ -43,6 +43,7 @@ import time
 import optuna
 from optuna.trial import TrialState
 
+from ft_scaling import files
 from ft_scaling.study import claims as claims_lib
 from ft_scaling.study import execute
 from ft_scaling.study import store as store_lib
@@ -108,7 +109,7 @@ def run_search(
     Raises:
       store.StoreError: the database cannot be reached or holds another study.
     """
-    os.makedirs(out_dir, exist_ok=True)
+    files.check_writable(out_dir)  # a bucket that cannot be written fails before training
     search_config.check_space(search, out_dir)
     search_config.write_settings(search, out_dir)
     shared = (claims or claims_lib.ClaimSettings()) if store_url else None
