@@ -45,8 +45,14 @@ def study_argv(
     worker_index: int,
     num_workers: int,
     gin_flags: Sequence[str] = (),
+    store: str | None = None,
 ) -> list[str]:
-    """`ft-scaling study` for one study worker, run from the code directory."""
+    """`ft-scaling study` for one study worker, run from the code directory: with a shared
+    `store` every pod runs the same command and claims runs; else it takes run i mod P."""
+    split = [f"--store={store}"] if store else [
+        f"--worker_index={worker_index}",
+        f"--num_workers={num_workers}",
+    ]  # fmt: skip
     return [
         f"../{VENV_DIR}/bin/python",
         "-m",
@@ -54,8 +60,7 @@ def study_argv(
         "study",
         f"--gin_file={gin_file}",
         f"--out={out_dir}",
-        f"--worker_index={worker_index}",
-        f"--num_workers={num_workers}",
+        *split,
         *gin_flags,
     ]
 

@@ -1,7 +1,8 @@
 """`ft-scaling launch`: run a study on Cloud TPU pod slices with gcloud.
 
     ft-scaling launch --gin_file=gin/studies/paper_wmt14_ende.gin --tpu=v4-64 \
-        --zone=us-central2-b --out=/mnt/shared/paper_ende [--num_pods=4 --pod_index=0] \
+        --zone=us-central2-b --out=gs://BUCKET/paper_ende \
+        --store=postgresql://USER@HOST/DB [--num_pods=4 --pod_index=0] \
         [--queued] [--reuse] [--detach] [--delete_after] [--gin.KEY=VALUE ...] [--dry_run]
 
 Per pod (a TPU VM slice of several hosts), one gcloud command per step (launch/gcloud.py):
@@ -9,15 +10,24 @@ Per pod (a TPU VM slice of several hosts), one gcloud command per step (launch/g
     create      TPU VM, or a queued resource then poll until ACTIVE    (skipped with --reuse)
     copy code   `git archive` of --git_ref + scp to all hosts + unpack, or `git clone` there
     install     python3.11 venv, `pip install -e .` and the pinned jax[tpu]
-    run         `ft-scaling study ... --worker_index=p --num_workers=P` on all hosts at once
+    run         `ft-scaling study ... --store=URL` (or `--worker_index=p --num_workers=P`)
+                on all hosts at once
     delete      only with --delete_after
 
-Splitting a sweep: each pod is one study worker. Pod p of P runs the study's runs i with
-i mod P == p (sweep.assigned), all hosts of the pod together as one JAX program; pods are named
-NAME-p. Launch each pod with --pod_index=p (or all pods in one go with --detach). --out must be a
-directory every host of every pod sees at the same path (NFS / Filestore, or a bucket mounted
-with gcsfuse): the results store and checkpoints live there, and workers wait there for the
-pretraining runs their finetuning runs depend on.
+Splitting a sweep: each pod is one study worker, all hosts of the pod together as one JAX
+program (its process 0 alone talks to the store); pods are named NAME-p. Launch each pod with
+--pod_index=p (or all pods in one go with --detach).
+  --store=postgresql://...  every pod runs the same command and claims the next runnable run
+      from that database (study/claims.py): no pod idles while runs are left, and a preempted
+      pod's run is taken over once its lease expires. --out may then be a bucket (gs://...):
+      checkpoints, metrics and the report go there; pods share nothing else. Cloud SQL: give
+      the instance's address (private IP, or 127.0.0.1 with the Cloud SQL Auth Proxy on each
+      host); put the password in the URL or, kept out of the command line, in PGPASSWORD /
+      ~/.pgpass on the hosts. --dry_run prints the URL with its password as ***.
+  without --store           pod p runs the runs i with i mod P == p (sweep.assigned); --out
+      must then be a directory every host of every pod sees at the same path (NFS /
+      Filestore): the SQLite stores live there, and pods wait there for the pretraining runs
+      their finetuning runs depend on.
 
 Multi-host environment (the one place it is documented; ft_scaling.train.partitioning
 `initialize_distributed` reads it when a run starts):
@@ -80,7 +90,8 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     # and are passed on to `ft-scaling study` as given, quoted.
     add("--tpu", required=True, help="accelerator type, e.g. v4-64")
     add("--zone", required=True, help="e.g. us-central2-b")
-    add("--out", required=True, help="study directory, the same path on every host")
+    add("--out", required=True, help="study directory: gs://... or a path every host sees")
+    add("--store", default=None, help="postgresql://USER[:PASSWORD]@HOST/DB shared by pods")
     add("--name", default=None, help="TPU VM name (default: ft-scaling-<study>); pods get -p")
     add("--project", default=None, help="Google Cloud project (default: gcloud's)")
     add("--runtime_version", default=DEFAULT_RUNTIME, help="TPU VM software version")
@@ -101,12 +112,7 @@ def validate(args: argparse.Namespace) -> None:
     """Fails before any pod is paid for: names, paths and the pod split."""
     if os.path.isabs(args.gin_file) or not os.path.isfile(os.path.join(REPO_ROOT, args.gin_file)):
         raise SystemExit(f"ft-scaling launch: no study gin {args.gin_file!r} in {REPO_ROOT}")
-    if args.out.startswith("gs://") or not os.path.isabs(args.out):
-        raise SystemExit(
-            f"ft-scaling launch: --out={args.out!r} must be an absolute path that every host "
-            "sees (the results store is SQLite on a file system): mount the bucket with gcsfuse "
-            "or use NFS / Filestore at the same path on all hosts"
-        )
+    _validate_paths(args)
     for flag in ("git_ref", "git_url"):
         # git would read a leading '-' as an option (e.g. clone's --upload-pack=<command>).
         if (getattr(args, flag) or "").startswith("-"):
@@ -123,6 +129,35 @@ def validate(args: argparse.Namespace) -> None:
                 f"ft-scaling launch: TPU name {name!r} must be lowercase letters, digits and "
                 "hyphens, start with a letter and have at most 63 characters"
             )
+
+
+def _validate_paths(args: argparse.Namespace) -> None:
+    """--out: a bucket (with a shared store) or an absolute shared path; --store: PostgreSQL."""
+    if args.store is not None and not args.store.startswith(("postgresql://", "postgresql+")):
+        raise SystemExit(
+            f"ft-scaling launch: --store={shown_store(args.store)!r} must be a postgresql:// URL "
+            "(pods share no disk a SQLite file could live on)"
+        )
+    if args.out.startswith("gs://"):
+        if args.store is None:
+            raise SystemExit(
+                f"ft-scaling launch: --out={args.out!r} is a bucket: give the results store "
+                "with --store=postgresql://USER@HOST/DB (SQLite cannot live in a bucket)"
+            )
+    elif not os.path.isabs(args.out):
+        raise SystemExit(
+            f"ft-scaling launch: --out={args.out!r} must be gs://... or an absolute path that "
+            "every host sees (NFS / Filestore at the same path on all hosts)"
+        )
+
+
+def shown_store(url: str | None) -> str | None:
+    """The store URL with its password as *** (for printed commands and messages)."""
+    if not url:
+        return url
+    from ft_scaling.study import store  # SQLAlchemy parses the URL the study will use
+
+    return store.redact(url)
 
 
 def base_name(args: argparse.Namespace) -> str:
@@ -157,7 +192,9 @@ def pod_steps(args, gin_flags: Sequence[str], pod_index: int) -> list[Step]:
         steps.append(Step(gcloud.scp_to_all(tpu, archive_path(args), remote.ARCHIVE)))
         steps.append(Step(gcloud.ssh_all(tpu, remote.unpack_archive())))
     steps.append(Step(gcloud.ssh_all(tpu, remote.install(JAX_TPU_REQUIREMENT))))
-    study = remote.study_argv(args.gin_file, args.out, pod_index, args.num_pods, gin_flags)
+    study = remote.study_argv(
+        args.gin_file, args.out, pod_index, args.num_pods, gin_flags, store=args.store
+    )
     log = f"study_{tpu.name}.log" if args.detach else None
     steps.append(Step(gcloud.ssh_all(tpu, remote.run_study(study, TPU_ENV, log))))
     if args.delete_after:
@@ -191,10 +228,11 @@ def poll(step: Step, timeout_s: float = 24 * 3600) -> int:
     return 1
 
 
-def execute(steps: Sequence[Step]) -> int:
-    """Runs the commands in order (no shell); stops at the first failure with its status."""
-    for step in steps:
-        sys.stderr.write(f"+ {shlex.join(step.argv)}\n")
+def execute(steps: Sequence[Step], shown: Sequence[Step] | None = None) -> int:
+    """Runs the commands in order (no shell); stops at the first failure with its status.
+    `shown`: the same commands as echoed (the store's password as ***)."""
+    for step, echo in zip(steps, shown or steps, strict=True):
+        sys.stderr.write(f"+ {shlex.join(echo.argv)}\n")
         if step.until:
             code = poll(step)
         else:  # from the repository root: `git archive` packs this checkout
@@ -209,8 +247,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, gin_flags = parse(list(sys.argv[1:] if argv is None else argv))
     validate(args)
     steps = plan(args, gin_flags)
+    # What is printed shows the store's password as ***; what runs has it.
+    shown = plan(argparse.Namespace(**{**vars(args), "store": shown_store(args.store)}), gin_flags)
     if args.dry_run:
-        for step in steps:
+        for step in shown:
             print(shlex.join(step.argv))
         return 0
     if args.num_pods > 1 and args.pod_index is None and not args.detach:
@@ -219,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "ft-scaling launch: with --num_pods > 1 launch each pod with --pod_index=p "
             "(in its own terminal), or pass --detach"
         )
-    return execute(steps)
+    return execute(steps, shown)
 
 
 if __name__ == "__main__":

@@ -128,7 +128,9 @@ def test_bad_tpu_names_are_refused_before_anything_runs(name, capsys):
 @pytest.mark.parametrize(
     "flag, message",
     [
-        ("--out=gs://bucket/study", "absolute path"),
+        ("--out=gs://bucket/study", "is a bucket: give the results store with --store"),
+        ("--out=relative/study", "absolute path"),
+        ("--store=sqlite:////mnt/x.sqlite", "must be a postgresql:// URL"),
         ("--gin_file=gin/studies/nope.gin", "no study gin"),
         ("--pod_index=3", "pod_index"),
         ("--git_ref=--output=/etc/passwd", "git_ref"),
@@ -162,6 +164,41 @@ def test_pods_split_the_runs_by_index(capsys):
     one = _dry_run(capsys, f"--gin_file={gin_file}", *BASE, "--num_pods=3", "--pod_index=2")
     assert [c[5] for c in one if c[4] == "create"] == ["ft-scaling-paper-wmt19-enzh-2"]
     assert _study_tokens(one)[0][-2:] == ["--worker_index=2", "--num_workers=3"]
+
+
+STORE = "postgresql://ft:pa ss;rm -rf /@10.1.2.3:5432/paper"  # a password that needs quoting
+SHOWN_STORE = "postgresql://ft:***@10.1.2.3:5432/paper"
+
+
+def test_pods_of_one_store_run_the_same_claiming_study_on_a_bucket(capsys, monkeypatch):
+    argv = ["--gin_file=gin/studies/paper_wmt14_ende.gin", "--tpu=v4-64", "--zone=us-central2-b"]
+    argv += ["--out=gs://my-bucket/paper", f"--store={STORE}", "--num_pods=4", "--detach"]
+    commands = _dry_run(capsys, *argv)
+    names = [c[5] for c in commands if c[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "create"]]
+    assert names == [f"ft-scaling-paper-wmt14-ende-{p}" for p in range(4)]
+    studies = [_detached_study(c) for c in commands if c[4] == "ssh" and "nohup" in _remote(c)]
+    assert len(studies) == 4 and all(s == studies[0] for s in studies)  # one store, no index
+    assert studies[0][2:] == [
+        "--gin_file=gin/studies/paper_wmt14_ende.gin",
+        "--out=gs://my-bucket/paper",
+        f"--store={SHOWN_STORE}",
+    ]
+    assert not any("pa ss" in " ".join(c) for c in commands)  # printed without the password
+    calls = []
+    monkeypatch.setattr(
+        tpu.subprocess, "run", lambda a, **kw: calls.append(a) or subprocess.CompletedProcess(a, 0)
+    )
+    assert tpu.main(argv) == 0
+    run = [_detached_study(c) for c in calls if c[4] == "ssh" and "nohup" in _remote(c)]
+    assert len(run) == 4 and f"--store={STORE}" in run[0]  # the real URL, one argument
+    assert "rm" not in run[0] and "-rf" not in run[0]
+    assert "pa ss" not in capsys.readouterr().err  # the echoed commands redact it too
+
+
+def _detached_study(command: list[str]) -> list[str]:
+    """The `ft-scaling study` argv inside a detached run: nohup sh -c 'cd ... && env ...'."""
+    inner = shlex.split(_remote(command)[3])
+    return inner[inner.index("-m") + 1 :]
 
 
 def test_execution_runs_the_dry_run_commands_without_a_shell(monkeypatch, capsys):
