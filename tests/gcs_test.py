@@ -146,10 +146,12 @@ def test_study_with_out_in_a_bucket_writes_its_report_there(gcs_env, tmp_path):
         "--gin_file=tests/study/micro_study.gin",
     ]
     cmd += [f"--out={out}", f"--store={store}"]
+    # One D_f per method (3 runs: the pretraining run, FMT and LoRA from its gs:// checkpoint).
+    cmd += [f"--gin.{m}/MethodGrid.finetune_examples=(32,)" for m in ("fmt", "lora")]
     done = subprocess.run(cmd, env=_env(gcs_env), cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     report = files.read_text(f"{out}/report.md")
     assert report.startswith("# Study report: study")
     table = files.read_text(f"{out}/results.csv").splitlines()
-    assert len(table) == 1 + 6  # header + the finetuning runs
+    assert len(table) == 1 + 2  # header + the finetuning runs
     assert files.read_json(f"{out}/store.json")["url"] == store
