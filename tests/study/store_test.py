@@ -131,3 +131,17 @@ def test_concurrent_claims_take_every_run_exactly_once(location):
         r: w for w, runs in taken.items() for r in runs
     }
     setup.close()
+
+
+def test_a_study_on_an_unreachable_store_fails_before_training(tmp_path, capsys):
+    from ft_scaling import cli
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"postgresql://ft:topsecret@127.0.0.1:{port}/study"
+    argv = ["study", "--gin_file=tests/study/micro_study.gin", f"--out={tmp_path}", "--no_report"]
+    assert cli.main([*argv, f"--store={url}"]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot reach the results store postgresql://ft:***@127.0.0.1:{port}/study" in err
+    assert "topsecret" not in err and not (tmp_path / "runs").exists()  # nothing trained
