@@ -112,19 +112,10 @@ def run_study(
     store_url: str | None = None,
     claims: claims_lib.ClaimSettings | None = None,
 ) -> dict:
-    """Runs this worker's share of the study; returns counts of finished/failed/skipped runs.
-
-    Args:
-      study, out_dir: the study and its directory (a local path or gs://...).
-      worker: this worker's index and count (without `store_url`: run i mod P).
-      dependency_timeout_s: how long a finetuning run waits for its base (mod-P workers).
-      store_url: a SQLAlchemy URL every worker shares; runs are then claimed (module
-        docstring) and `worker` is not used.
-      claims: lease and polling of claimed runs (default: `claims.ClaimSettings()`).
-
-    Raises:
-      store.StoreError: the store cannot be reached or holds another study (before training).
-    """
+    """Runs this worker's share of the study in `out_dir` (local or gs://): claimed from the
+    store at `store_url` that every worker shares (`claims`: lease, polling), else run i mod P
+    of `worker`; returns counts of runs. Raises store.StoreError before any training when
+    the store cannot be reached or holds another study."""
     files.check_writable(out_dir)  # a bucket that cannot be written fails before training
     # On a multi-host pod every host trains every run (the hosts form one mesh); only the
     # first talks to the store and writes the plan.
