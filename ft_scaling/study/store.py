@@ -102,16 +102,7 @@ def redact(url: str) -> str:
 
 def without_password(url: str) -> str:
     """The URL with no password (libpq then reads PGPASSWORD or ~/.pgpass)."""
-    parsed = sa.engine.make_url(url)  # (URL.set ignores password=None: build it anew)
-    bare = sa.engine.URL.create(
-        parsed.drivername,
-        parsed.username,
-        None,
-        parsed.host,
-        parsed.port,
-        parsed.database,
-        parsed.query,
-    )
+    bare = sa.engine.make_url(url)._replace(password=None)  # (URL.set ignores None)
     return bare.render_as_string(hide_password=False)
 
 
