@@ -81,7 +81,12 @@ class Lease:
         self._stop.set()
         self._thread.join()
         # Also when preempted or interrupted: another worker may take the run over at once.
-        self._store.release(self._run_id, self._worker)
+        try:
+            self._store.release(self._run_id, self._worker)
+        except Exception as err:  # the database is down: the lease expires by itself
+            if error_type is None:
+                raise
+            log.warning("releasing the lease of run %s failed: %s", self._run_id, err)
 
 
 @contextlib.contextmanager
