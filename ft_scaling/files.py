@@ -16,6 +16,10 @@ orbax writes them itself (train/checkpoints.py), to GCS through tensorstore.
     write_operative_config(directory)    config.gin: what gin actually used
     check_fingerprint(directory, fp)     refuses a directory that holds another run
     read_fingerprint(directory)          what a directory holds (None: no fingerprint yet)
+    DiskFullError, is_disk_full(err)     a full disk, recognised in OSError, orbax, SQLite
+    check_free_space(path, bytes, what)  fails before a write that cannot fit (local disks)
+    naming_full_disk(location, intact)   any full-disk error inside -> one DiskFullError
+                                         naming the location and what is intact
     check_writable(directory)            fails at once, naming it, on a bucket that cannot
                                          be reached or written (before any training)
     upload_directory(local, location)    a local directory's files as objects (TensorBoard)
@@ -39,10 +43,13 @@ when TensorFlow is installed): gcsfs also talks to a GCS emulator (STORAGE_EMULA
 which is how the tests run the bucket path. EPATH_USE_TF=true picks tf.io.gfile again.
 """
 
+import contextlib
 import csv
+import errno
 import io
 import json
 import os
+import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import fsspec
@@ -298,3 +305,80 @@ def _saved_fingerprint(target: epath.Path) -> dict:
             "(then only the checkpoints' shapes are checked)."
         )
     return saved
+
+
+# --- A full disk ---------------------------------------------------------------------------
+# What a full disk (or quota) looks like from Python, orbax/tensorstore and SQLite.
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_DISK_FULL_TEXT = ("no space left on device", "database or disk is full", "disk quota exceeded")
+
+
+class DiskFullError(OSError):
+    """No space left where a run or study writes; the message names the place and says what
+    is intact. Orchestrators stop on it (a study's next run would fail the same way).
+
+    `final`: the message says all there is (where, what is intact); `naming_full_disk` passes
+    such an error on as it is, and words any other.
+    """
+
+    def __init__(self, *args, final: bool = False):
+        super().__init__(*args)
+        self.final = final
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether `error`, or an error it was raised from, says a disk or quota is full."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, DiskFullError):
+            return True
+        if isinstance(error, OSError) and error.errno in _DISK_FULL_ERRNOS:
+            return True
+        if any(text in str(error).lower() for text in _DISK_FULL_TEXT):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def free_bytes(location: str | os.PathLike) -> int | None:
+    """Bytes free on the local disk that holds `location` (or would); None for gs://."""
+    if is_remote(location):
+        return None
+    directory = os.path.abspath(os.fspath(location))
+    while not os.path.exists(directory):
+        directory = os.path.dirname(directory)
+    return shutil.disk_usage(directory).free
+
+
+def check_free_space(location: str | os.PathLike, needed: int, what: str) -> None:
+    """Raises DiskFullError, before writing, when `what` (`needed` bytes) cannot fit."""
+    free = free_bytes(location)
+    if free is not None and free < needed:
+        raise DiskFullError(
+            errno.ENOSPC,
+            f"No space left on device for {what}: it needs about {needed / 1e6:.1f} MB, "
+            f"{free / 1e6:.1f} MB are free",
+            os.fspath(location),
+        )
+
+
+@contextlib.contextmanager
+def naming_full_disk(location: str | os.PathLike, intact: Callable[[], str] = lambda: ""):
+    """Turns any full-disk error raised inside into one DiskFullError naming `location`.
+
+    Args:
+      location: the directory being written (MODEL_DIR, a study's OUT).
+      intact: says what survived (e.g. the last good checkpoint), asked when it happens.
+    """
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001 - only full-disk errors are translated
+        if not is_disk_full(err) or getattr(err, "final", False):
+            raise
+        cause = " ".join(str(err).split())[:400]
+        raise DiskFullError(
+            f"no space left on the device of {location} ({type(err).__name__}: {cause}). "
+            f"{intact()} Free space, then rerun the same command: it resumes from there.",
+            final=True,
+        ) from err

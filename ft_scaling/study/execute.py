@@ -11,6 +11,9 @@
                          run needs, such as a search's base model)
       KeyboardInterrupt  and the `propagate` exceptions (a search's Preempted): propagate
                          unrecorded, so a rerun continues the run from its checkpoints
+      a full disk        (files.DiskFullError, or any error saying so) propagates unrecorded
+                         too: every later run would fail the same way, and once space is
+                         freed a rerun continues this one from its checkpoints
 
     train_run(run, model_dir, budget_fraction)      the train callable of a gin run
       flags.parse_gin(run.gin_files, run.bindings + MODEL_DIR) -> loop.train() -> RunSummary,
@@ -25,6 +28,7 @@ import logging
 import traceback
 from collections.abc import Callable, Mapping
 
+from ft_scaling import files
 from ft_scaling.config import flags
 from ft_scaling.train import summary as summary_lib
 
@@ -78,7 +82,7 @@ def execute(
     except (KeyboardInterrupt, *propagate):
         raise
     except Exception as err:  # recorded with its traceback; the orchestrator goes on
-        if failed_row is None:
+        if failed_row is None or files.is_disk_full(err):
             raise
         message = f"{type(err).__name__}: {err}"
         log.error("run %s failed: %s", run_id, message)

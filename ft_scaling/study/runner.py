@@ -125,18 +125,27 @@ def run_study(
     leader = jax.process_index() == 0
     location = store_url or worker.store_path(out_dir)
     store = _open_store(study, out_dir, location, leader, shared=store_url is not None)
+    # A full disk stops the study (every later run would fail too), naming OUT; a rerun
+    # continues once space is freed.
     try:
-        runs = plan(study, out_dir, leader)
-        by_id = {r.run_id: r for r in runs}
-        execution = _Execution(
-            out_dir, store, by_id, dependency_timeout_s, study.generation_metrics
-        )
-        if store_url is None:
-            return _run_all(study.name, sweep.assigned(runs, worker.index, worker.count), execution)
-        settings = claims or claims_lib.ClaimSettings()
-        return claims_lib.run_claimed(study.name, runs, store, execution.execute, settings, leader)
+        with files.naming_full_disk(out_dir, lambda: INTACT_ON_FULL_DISK):
+            runs = plan(study, out_dir, leader)
+            by_id = {r.run_id: r for r in runs}
+            execution = _Execution(
+                out_dir, store, by_id, dependency_timeout_s, study.generation_metrics
+            )
+            if store_url is None:
+                mine = sweep.assigned(runs, worker.index, worker.count)
+                return _run_all(study.name, mine, execution)
+            settings = claims or claims_lib.ClaimSettings()
+            return claims_lib.run_claimed(
+                study.name, runs, store, execution.execute, settings, leader
+            )
     finally:
         store.close()
+
+
+INTACT_ON_FULL_DISK = "The rows in its results store and each run's last checkpoint are intact."
 
 
 def _open_store(study: sweep.Study, out_dir: str, location: str, leader: bool, shared: bool):

@@ -211,8 +211,20 @@ class ResultsStore:
         dialect = postgresql if self.dialect == "postgresql" else sqlite
         upsert = dialect.insert(RUNS).values(run_id=run_id, **values)
         upsert = upsert.on_conflict_do_update(index_elements=[RUNS.c.run_id], set_=values)
-        with self._engine.begin() as conn:  # the row is there whole or not at all
-            conn.execute(upsert)
+        try:
+            with self._engine.begin() as conn:  # the row is there whole or not at all
+                conn.execute(upsert)
+        except sa.exc.DBAPIError as err:
+            # A full disk is a DiskFullError (orchestrators stop on it); any other failed
+            # write a StoreError; both name the store. The transaction left no part of a row.
+            message = (
+                f"cannot record run {run_id} in the results store {self.name}: {_reason(err)}. "
+                "The rows recorded before are intact; once it is writable again (space freed), "
+                "rerun the same command: the run is then recorded from its directory."
+            )
+            if files.is_disk_full(err):
+                raise files.DiskFullError(message, final=True) from None
+            raise StoreError(message) from None
 
     def rows(self, kind: str | None = None, status: str | None = None) -> list[dict]:
         query = sa.select(RUNS.c.run_id, RUNS.c.kind, RUNS.c.status, RUNS.c.row, RUNS.c.error)

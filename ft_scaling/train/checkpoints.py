@@ -34,7 +34,7 @@ from orbax.checkpoint import checkpoint_managers as policies
 from ft_scaling import files
 from ft_scaling.models.hf import loading as hf_loading
 from ft_scaling.models.hf import run_setup
-from ft_scaling.train import trainer
+from ft_scaling.train import checkpoint_steps, trainer
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,7 @@ class CheckpointStore:
         metrics = None if dev_loss is None else {"dev_loss": float(dev_loss)}
         if step in self._manager.all_steps():
             return
+        checkpoint_steps.check_room(self.directory, step, state)  # a full disk, by name
         self._remove_unfinished(step)
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         self._manager.save(step, args=args, metrics=metrics, force=True)
@@ -133,24 +134,9 @@ class CheckpointStore:
         return None
 
     def _set_aside(self, steps: list[int]) -> None:
-        """Moves unreadable steps to MODEL_DIR/unreadable_checkpoints/ (kept for a look, and
-        out of orbax's sight, so that training saves those steps again)."""
-        if not steps:
-            return
-        if jax.process_index() == 0:
-            aside = files.path(self.directory).parent / UNREADABLE_DIR
-            aside.mkdir(parents=True, exist_ok=True)
-            for step in steps:
-                source, target = files.path(self.directory) / str(step), aside / str(step)
-                suffix = 0
-                while target.exists():
-                    suffix += 1
-                    target = aside / f"{step}.{suffix}"
-                log.warning("moving unreadable checkpoint %s to %s", source, target)
-                source.rename(target)
-        if jax.process_count() > 1:
-            multihost_utils.sync_global_devices("ft_scaling.checkpoints.set_aside")
-        self._manager.reload()
+        if steps:
+            checkpoint_steps.set_aside(self.directory, steps)
+            self._manager.reload()
 
     def restore(self, step: int, abstract_state=None):
         """(state, meta) of `step`, restored into `abstract_state`'s shapes and shardings.
@@ -161,7 +147,9 @@ class CheckpointStore:
             its pending reads to print tracebacks from their threads.
           Exception: anything else (a corrupt step; `restore_latest` falls back on it).
         """
-        saved = None if abstract_state is None else self._tree_metadata(step)
+        saved = None
+        if abstract_state is not None:
+            saved = checkpoint_steps.tree_metadata(self.directory, step)
         if saved is not None:
             self._check_matches(step, saved, abstract_state)
         state_args = ocp.args.StandardRestore(abstract_state)
@@ -178,24 +166,13 @@ class CheckpointStore:
         return restored.state, restored.meta
 
     def _check_matches(self, step: int, saved: dict, abstract_state) -> None:
-        differences = _param_differences(saved.get("params") or {}, abstract_state["params"])
+        saved_params = saved.get("params") or {}
+        differences = checkpoint_steps.param_differences(saved_params, abstract_state["params"])
         if differences:
             raise CheckpointError(
                 f"checkpoint step {step} in {self.directory} does not match this model: "
                 f"{differences}"
             )
-
-    def _tree_metadata(self, step: int) -> dict | None:
-        """The saved state's tree of array metadata, or None when it is missing or unreadable."""
-        handler = ocp.PyTreeCheckpointHandler()
-        try:
-            metadata = handler.metadata(files.path(self.directory) / str(step) / "state")
-        except Exception:  # noqa: BLE001 - a deleted or truncated _METADATA reads as None
-            return None
-        finally:
-            handler.close()
-        tree = getattr(metadata, "tree", None)
-        return tree if isinstance(tree, dict) and tree else None
 
     def best_step(self) -> int | None:
         best = self._manager.best_step()
@@ -207,30 +184,6 @@ class CheckpointStore:
 
     def close(self) -> None:
         self._manager.close()
-
-
-UNREADABLE_DIR = "unreadable_checkpoints"
-
-
-def _param_differences(saved: dict, expected: dict, limit: int = 5) -> str:
-    """'param a/b has shape (4, 8) in the checkpoint, the model expects (4, 16); ...'."""
-    # A method's trainable split holds None for the frozen leaves: those are not stored.
-    saved_flat = {k: v for k, v in traverse_util.flatten_dict(saved).items() if v is not None}
-    expected_flat = {k: v for k, v in traverse_util.flatten_dict(expected).items() if v is not None}
-    out = []
-    for path in sorted(set(saved_flat) | set(expected_flat)):
-        name, old, new = "/".join(path), saved_flat.get(path), expected_flat.get(path)
-        if old is None:
-            out.append(f"param {name} is not in the checkpoint (the model's: {tuple(new.shape)})")
-        elif new is None:
-            out.append(f"param {name} {tuple(old.shape)} of the checkpoint is not in the model")
-        elif tuple(old.shape) != tuple(new.shape):
-            out.append(
-                f"param {name} has shape {tuple(old.shape)} in the checkpoint, the model "
-                f"expects {tuple(new.shape)}"
-            )
-    more = f"; and {len(out) - limit} more" if len(out) > limit else ""
-    return "; ".join(out[:limit]) + more
 
 
 def _checkpoint_location(path: str) -> tuple[str, int | None]:

@@ -114,18 +114,25 @@ def train(
     )
     mesh = partitioning.make_mesh() if mesh is None else mesh
     rules = partitioning.logical_rules() if rules is None else rules
-    run = settings.setup(run_settings, mesh, rules)
-    training = _Loop(run)  # restores or initialises: a bad INITIAL_CHECKPOINT_PATH fails here
-    settings.record(run)  # only now: a run that failed above left MODEL_DIR as it was
-    _write_operative_config(model_dir)
-    result = training.execute()
-    result = result.replace(
-        model_params=configs.param_count(run_settings.model_config),
-        wall_time_s=time.time() - start,
-    )
-    _write_operative_config(model_dir)  # again: with the configurables the run called
-    if jax.process_index() == 0:
-        result.write(model_dir)
+    return _run(settings.setup(run_settings, mesh, rules), start)
+
+
+def _run(run: settings.Run, start: float) -> summary.RunSummary:
+    """Trains a set-up run; writes its fingerprint, operative config and summary.json."""
+    model_dir, training = run.settings.model_dir, None
+    # A full disk stops the run naming MODEL_DIR and its last good checkpoint (a rerun resumes).
+    with files.naming_full_disk(model_dir, lambda: (training or _Kept(model_dir)).kept()):
+        training = _Loop(run)  # restores or initialises: a bad INITIAL_CHECKPOINT_PATH fails
+        settings.record(run)  # only now: a run that failed above left MODEL_DIR as it was
+        _write_operative_config(model_dir)
+        result = training.execute()
+        result = result.replace(
+            model_params=configs.param_count(run.settings.model_config),
+            wall_time_s=time.time() - start,
+        )
+        _write_operative_config(model_dir)  # again: with the configurables the run called
+        if jax.process_index() == 0:
+            result.write(model_dir)
     return result
 
 
@@ -242,10 +249,7 @@ class _Loop:
 
     def kept(self) -> str:
         """What a stopped run leaves to resume from, for its error message."""
-        last = self.store.latest_step()
-        if last is None:
-            return f"There is no last good checkpoint: none was saved in {self.store.directory}."
-        return f"The last good checkpoint (step {last}) in {self.store.directory} is intact."
+        return _kept_message(self.store)
 
     def finish(self, dev: dict | None) -> summary.RunSummary:
         """Last evaluation (unless the last step made it) and save; test of a finished run."""
@@ -288,6 +292,27 @@ class _Loop:
             raise ValueError(f"{split} split of {spec.task!r} has no target tokens")
         loss = loss_sum / tokens
         return {"loss": loss, "ppl": math.exp(loss), "target_tokens": tokens}
+
+
+def _kept_message(store: checkpoints.CheckpointStore) -> str:
+    last = store.latest_step()
+    if last is None:
+        return f"There is no last good checkpoint: none was saved in {store.directory}."
+    return f"The last good checkpoint (step {last}) in {store.directory} is intact."
+
+
+class _Kept:
+    """`kept()` of a run whose loop did not start (it failed while setting up)."""
+
+    def __init__(self, model_dir: str):
+        self.model_dir = model_dir
+
+    def kept(self) -> str:
+        store = checkpoints.CheckpointStore(self.model_dir)
+        try:
+            return _kept_message(store)
+        finally:
+            store.close()
 
 
 class _SigtermFlag:

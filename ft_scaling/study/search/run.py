@@ -116,21 +116,32 @@ def run_search(
     identity = {"kind": "search", "name": search.name, **({"out": out_dir} if shared else {})}
     store = store_lib.ResultsStore(store_url or os.path.join(out_dir, "results.sqlite"), identity)
     try:
-        if store_url:
-            store_lib.point_to(out_dir, store_url)
-        continuations = search.trials if search.full_budget_for == "all" else search.top_k
-        progress = search_progress.Progress(
-            search.name, search.trials, min(continuations, search.trials)
-        )
-        _pretrain(search, out_dir, store, progress, shared)
-        with claims_lib.holding(store, "optuna-storage", shared):  # one creates its tables
-            study = open_study(search, out_dir, store_url)
-        _recover(search, study, store, shared)
-        _explore(search, study, store, out_dir, progress, shared)
-        _continue(search, store, out_dir, progress, shared)
-        return counts(search, study, store)
+        # A full disk (a trial's MODEL_DIR, results.sqlite, Optuna's storage) stops the search
+        # naming OUT; a rerun continues once space is freed.
+        with files.naming_full_disk(out_dir, lambda: INTACT_ON_FULL_DISK):
+            if store_url:
+                store_lib.point_to(out_dir, store_url)
+            return _search(search, out_dir, store, store_url, shared)
     finally:
         store.close()
+
+
+INTACT_ON_FULL_DISK = "The trial rows recorded and each trial's last checkpoint are intact."
+
+
+def _search(search, out_dir, store, store_url, shared) -> dict:
+    """The phases of `run_search` (its docstring), on an open store."""
+    continuations = search.trials if search.full_budget_for == "all" else search.top_k
+    progress = search_progress.Progress(
+        search.name, search.trials, min(continuations, search.trials)
+    )
+    _pretrain(search, out_dir, store, progress, shared)
+    with claims_lib.holding(store, "optuna-storage", shared):  # one creates its tables
+        study = open_study(search, out_dir, store_url)
+    _recover(search, study, store, shared)
+    _explore(search, study, store, out_dir, progress, shared)
+    _continue(search, store, out_dir, progress, shared)
+    return counts(search, study, store)
 
 
 def trial_rows(store: store_lib.ResultsStore) -> dict[str, dict]:
