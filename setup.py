@@ -30,12 +30,17 @@ INSTALL_REQUIRES = [
     # gs:// paths: etils.epath's fsspec backend (ft_scaling/files.py), the one the tests run
     # against a GCS emulator; orbax writes checkpoints through tensorstore's own GCS driver.
     "gcsfs==2026.10.1",
+    # Hugging Face checkpoints (ft_scaling/models/hf, data/hf_vocab.py): the file formats and
+    # hub resolution only; transformers itself is needed only by the parity tests ([bench]).
+    "safetensors==0.8.0",
+    "tokenizers==0.23.3",
+    "huggingface_hub==2.4.0",
 ]
 
 EXTRAS = {
     # gcp-storage-emulator: the GCS server of tests/gcs_* (loopback only).
     "test": ["pytest==9.0.3", "ruff==0.17.6", "gcp-storage-emulator==2026.7.19"],
-    # benchmarks/ only (never imported by the package): the PyTorch baselines of issue 8.
+    # benchmarks/ and the parity tests (never imported by the package): PyTorch baselines.
     # torch 2.13.0 is the CPU build the machine provides; a newer or unpinned torch pulls CUDA.
     "bench": ["torch==2.13.0", "transformers==5.23.0", "peft==0.21.2"],
 }
