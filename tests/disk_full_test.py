@@ -108,17 +108,17 @@ def _log(model_dir) -> list[dict]:
 def _assert_same_params(path_a, path_b) -> None:
     a, _ = checkpoints.load_params(str(path_a), prefer_best=False)
     b, _ = checkpoints.load_params(str(path_b), prefer_best=False)
-    flat_a, flat_b = files_flat(a), files_flat(b)
+    flat_a, flat_b = _flat(a), _flat(b)
     assert flat_a.keys() == flat_b.keys()
     for key in flat_a:
         np.testing.assert_array_equal(np.asarray(flat_a[key]), np.asarray(flat_b[key]))
 
 
-def files_flat(tree, prefix=()) -> dict:
+def _flat(tree, prefix=()) -> dict:
     out = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            out.update(files_flat(value, prefix + (key,)))
+            out.update(_flat(value, prefix + (key,)))
         else:
             out[prefix + (key,)] = value
     return out
@@ -167,12 +167,11 @@ def _micro_study() -> sweep.Study:
 class _Filler:
     """Fills the disk once, at the first call of a patched function that `when` accepts."""
 
-    def __init__(self, disk: SmallDisk, monkeypatch, owner, name: str, when):
+    def __init__(self, disk: SmallDisk, patch: pytest.MonkeyPatch, owner, name: str, when):
         self.done = False
         real = getattr(owner, name)
 
         def patched(*args, **kwargs):
-            out = None
             if not self.done and when(*args, **kwargs) == "before":
                 self.done = True
                 disk.fill()
@@ -182,7 +181,7 @@ class _Filler:
                 disk.fill()
             return out
 
-        monkeypatch.setattr(owner, name, patched)
+        patch.setattr(owner, name, patched)
 
 
 def _rows(out_dir) -> dict[str, dict]:
@@ -193,9 +192,7 @@ def _rows(out_dir) -> dict[str, dict]:
         results.close()
 
 
-def test_study_stops_on_a_full_disk_and_a_full_results_store_then_resumes(
-    small_disk, monkeypatch, tmp_path
-):
+def test_study_stops_on_a_full_disk_and_a_full_results_store_then_resumes(small_disk, tmp_path):
     study, out = _micro_study(), os.path.join(small_disk.root, "study")
     pretrain, finetune = sorted(sweep.expand(study, out), key=lambda r: r.kind != "pretrain")
     finetune_dir = finetune.model_dir(out)
@@ -237,7 +234,7 @@ def test_study_stops_on_a_full_disk_and_a_full_results_store_then_resumes(
     assert final[finetune.run_id]["dev_loss"] == reference.best_dev_loss
 
 
-def test_search_stops_on_a_full_disk_then_resumes(small_disk, monkeypatch, tmp_path):
+def test_search_stops_on_a_full_disk_then_resumes(small_disk, tmp_path):
     flags.parse_gin(["tests/study/micro_search.gin"], ["Search.trials = 2"])
     config, out = search_config.Search(), os.path.join(small_disk.root, "search")
     calls = []
