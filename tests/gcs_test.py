@@ -155,3 +155,27 @@ def test_study_with_out_in_a_bucket_writes_its_report_there(gcs_env, tmp_path):
     table = files.read_text(f"{out}/results.csv").splitlines()
     assert len(table) == 1 + 2  # header + the finetuning runs
     assert files.read_json(f"{out}/store.json")["url"] == store
+
+
+def test_eval_and_infer_read_and_write_a_bucket_as_a_local_dir(gcs_env, tmp_path):
+    from ft_scaling.eval import infer_main
+    from ft_scaling.eval import main as eval_main
+    from ft_scaling.models.decoder import Decoder
+    from tests.eval import cli_test
+
+    params = cli_test._params(Decoder(cli_test.CONFIG))
+    outputs = {}
+    for where, run in (("local", str(tmp_path / "run")), ("gcs", f"gs://{BUCKET}/eval_run")):
+        cli_test._save(run, params)
+        extra = ["--gin.EVAL_SPLIT='validation'", "--gin.MAX_EXAMPLES=2"]
+        extra += ["--gin.MAX_DECODE_LENGTH=4", "--gin.EVAL_BATCH_SIZE=64"]
+        assert eval_main.main(cli_test._flags("t5x_configs/runs/eval.gin", run, *extra)) == 0
+        predictions = f"{run}/predictions.jsonl"
+        extra = ["--gin.INFER_SPLIT='validation'", "--gin.MAX_EXAMPLES=2"]
+        extra += ["--gin.MAX_DECODE_LENGTH=4", f"--gin.INFER_OUTPUT='{predictions}'"]
+        assert infer_main.main(cli_test._flags("t5x_configs/runs/infer.gin", run, *extra)) == 0
+        saved = files.read_json(f"{run}/eval/validation_step3.json")
+        outputs[where] = (saved["metrics"], saved["checkpoint"], files.read_jsonl(predictions))
+    assert outputs["gcs"][0] == outputs["local"][0]
+    assert outputs["gcs"][1] == f"gs://{BUCKET}/eval_run"
+    assert outputs["gcs"][2] == outputs["local"][2] and len(outputs["gcs"][2]) == 2

@@ -16,7 +16,6 @@ import dataclasses
 import functools
 import logging
 import math
-import os
 import sys
 from collections.abc import Sequence
 
@@ -25,6 +24,7 @@ import jax
 import numpy as np
 
 import gin
+from ft_scaling import files
 from ft_scaling.config import flags
 from ft_scaling.eval import examples as examples_lib
 from ft_scaling.eval import few_shot, generate, metrics, perplexity, restore
@@ -153,7 +153,7 @@ def evaluate(
         comet_checkpoint=comet_checkpoint,
     )
     results = {
-        "checkpoint": os.path.abspath(checkpoint_path),
+        "checkpoint": files.absolute(checkpoint_path),
         "task": task,
         "split": split,
         "shots": shots,

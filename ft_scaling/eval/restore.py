@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from ft_scaling import files
 from ft_scaling.methods import base
 from ft_scaling.models import configs, decoder
 from ft_scaling.train import checkpoints, partitioning
@@ -41,7 +42,7 @@ def abstract_params(model: nn.Module):
 
 def run_dir(checkpoint_path: str) -> str:
     """The MODEL_DIR of a MODEL_DIR or of a MODEL_DIR/checkpoints/<step> path."""
-    path = os.path.abspath(checkpoint_path)
+    path = files.absolute(checkpoint_path)  # a local path or gs://
     parent, leaf = os.path.split(path)
     if leaf.isdigit() and os.path.basename(parent) == "checkpoints":
         return os.path.dirname(parent)
