@@ -10,6 +10,7 @@ this model, and where an unreadable one is put.
                                        sight, so the resumed run saves those steps anew (kept,
                                        not deleted: a read that failed once may not be corrupt)
     check_room(directory, step, state) a step that cannot fit fails before it is written
+    kept_message(store)                what a stopped run leaves to resume from
 """
 
 import logging
@@ -87,3 +88,11 @@ def check_room(directory: str, step: int, state) -> None:
     """
     needed = sum(x.nbytes for x in jax.tree.leaves(state)) + SAVE_OVERHEAD_BYTES
     files.check_free_space(directory, needed, f"checkpoint step {step}")
+
+
+def kept_message(store) -> str:
+    """The last good checkpoint of a `CheckpointStore`, for the error that stopped its run."""
+    last = store.latest_step()
+    if last is None:
+        return f"There is no last good checkpoint: none was saved in {store.directory}."
+    return f"The last good checkpoint (step {last}) in {store.directory} is intact."

@@ -16,7 +16,6 @@ or after `budget_fraction` of those steps (status 'paused'), or on SIGTERM ('pre
 """
 
 import math
-import signal
 import time
 
 import jax
@@ -27,12 +26,14 @@ from ft_scaling import files
 from ft_scaling.methods import base
 from ft_scaling.models import configs
 from ft_scaling.train import (
+    checkpoint_steps,
     checkpoints,
     input_pipeline,
     losses,
     metrics_io,
     optimizers,
     partitioning,
+    preemption,
     settings,
     summary,
     trainer,
@@ -121,7 +122,7 @@ def _run(run: settings.Run, start: float) -> summary.RunSummary:
     """Trains a set-up run; writes its fingerprint, operative config and summary.json."""
     model_dir, training = run.settings.model_dir, None
     # A full disk stops the run naming MODEL_DIR and its last good checkpoint (a rerun resumes).
-    with files.naming_full_disk(model_dir, lambda: (training or _Kept(model_dir)).kept()):
+    with files.naming_full_disk(model_dir, lambda: _kept(training, model_dir)):
         training = _Loop(run)  # restores or initialises: a bad INITIAL_CHECKPOINT_PATH fails
         settings.record(run)  # only now: a run that failed above left MODEL_DIR as it was
         _write_operative_config(model_dir)
@@ -182,7 +183,7 @@ class _Loop:
         try:
             position = int(self.meta["data_position"])
             batches = input_pipeline.train_batches(self.run.spec, position=position)
-            preempted, dev = _SigtermFlag(), None
+            preempted, dev = preemption.SigtermFlag(), None
             self.compile_start, self.compile_time = time.time(), None
             while self.step < self.run.stop_step and not preempted.set:
                 self.advance(next(batches))
@@ -249,7 +250,7 @@ class _Loop:
 
     def kept(self) -> str:
         """What a stopped run leaves to resume from, for its error message."""
-        return _kept_message(self.store)
+        return checkpoint_steps.kept_message(self.store)
 
     def finish(self, dev: dict | None) -> summary.RunSummary:
         """Last evaluation (unless the last step made it) and save; test of a finished run."""
@@ -294,40 +295,15 @@ class _Loop:
         return {"loss": loss, "ppl": math.exp(loss), "target_tokens": tokens}
 
 
-def _kept_message(store: checkpoints.CheckpointStore) -> str:
-    last = store.latest_step()
-    if last is None:
-        return f"There is no last good checkpoint: none was saved in {store.directory}."
-    return f"The last good checkpoint (step {last}) in {store.directory} is intact."
-
-
-class _Kept:
-    """`kept()` of a run whose loop did not start (it failed while setting up)."""
-
-    def __init__(self, model_dir: str):
-        self.model_dir = model_dir
-
-    def kept(self) -> str:
-        store = checkpoints.CheckpointStore(self.model_dir)
-        try:
-            return _kept_message(store)
-        finally:
-            store.close()
-
-
-class _SigtermFlag:
-    """Turns SIGTERM (preemption) into a flag the loop checks: save, then stop cleanly."""
-
-    def __init__(self):
-        self.set = False
-        try:
-            signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: preemption is then the caller's business
-            pass
-
-    def _handle(self, signum, frame):
-        del signum, frame
-        self.set = True
+def _kept(training, model_dir: str) -> str:
+    """What a stopped run leaves to resume from, also when its loop never started."""
+    if training is not None:
+        return training.kept()
+    store = checkpoints.CheckpointStore(model_dir)
+    try:
+        return checkpoint_steps.kept_message(store)
+    finally:
+        store.close()
 
 
 def _write_operative_config(model_dir: str) -> None:
