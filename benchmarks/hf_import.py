@@ -168,28 +168,7 @@ def hf_imported(directory: str, method: str) -> train_throughput.Variant:
     import transformers
 
     model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
-    if method == "lora":
-        import peft
-
-        lora_config = peft.LoraConfig(
-            r=train_throughput.RANK,
-            lora_alpha=train_throughput.ALPHA,
-            lora_dropout=0.0,
-            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-        )
-        model = peft.get_peft_model(model, lora_config)
-    model.train()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=1e-4, weight_decay=0.0)
-    ids = torch.from_numpy(train_throughput.tokens().astype("int64"))
-
-    def step():
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
+    step = train_throughput.hf_step(model, method)
     return train_throughput.Variant(f"HF {method} (from_pretrained)", step, 0.0)
 
 

@@ -155,14 +155,25 @@ def _our_batch(jnp) -> dict:
 
 def hugging_face(config: configs.ModelConfig, method: str, dtype: str) -> Variant:
     """LlamaForCausalLM (+ PEFT LoRA) with torch AdamW, eager, optionally under autocast."""
-    import contextlib
-
     import torch
     import transformers
 
     torch.manual_seed(0)
     hf_config = transformers.LlamaConfig(**llama_shapes.hf_llama_kwargs(config, LENGTH))
     model = transformers.LlamaForCausalLM(hf_config)
+    step = hf_step(model, method, dtype)
+    flops = lora_flops_per_token(config) if method == "lora" else None
+    flops = flops or configs.train_flops_per_token(config, LENGTH)
+    return Variant(f"HF {method} {dtype}", step, flops)
+
+
+def hf_step(model, method: str, dtype: str = "float32"):
+    """One eager torch AdamW step of an HF model (in PEFT LoRA for 'lora'), optionally
+    under bfloat16 autocast: the reference step every HF variant of the benchmarks times."""
+    import contextlib
+
+    import torch
+
     if method == "lora":
         import peft
 
@@ -191,9 +202,7 @@ def hugging_face(config: configs.ModelConfig, method: str, dtype: str) -> Varian
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    flops = lora_flops_per_token(config) if method == "lora" else None
-    flops = flops or configs.train_flops_per_token(config, LENGTH)
-    return Variant(f"HF {method} {dtype}", step, flops)
+    return step
 
 
 BUILDERS = {"ours": ours, "HF": hugging_face}
