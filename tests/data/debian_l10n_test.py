@@ -70,8 +70,8 @@ def fake_system(tmp_path):
     return str(locales), str(lists)
 
 
-def test_parse_mo_reads_latin1_catalogs_and_context():
-    path = "/tmp/ft_scaling_latin1_test.mo"
+def test_parse_mo_reads_latin1_catalogs_and_context(tmp_path):
+    path = str(tmp_path / "latin1.mo")
     write_mo(path, [("menu\x04Quit", "Beenden"), ("Größe", "Größe")], charset="ISO-8859-1")
     with open(path, "rb") as f:
         pairs = dict(debian_sources.parse_mo(f.read()))
