@@ -274,6 +274,7 @@ def _row(
         "run_dir": model_dir,
         "wall_time": summary.wall_time_s,
         "config_hash": run.run_id,
+        **summary.timing_columns(),
     }
     if run.kind != "finetune":
         return row

@@ -9,7 +9,9 @@
 Columns of the exported table (DESIGN.md §3): task, method, model_params, pretrain_tokens,
 trainable_params, finetune_examples, steps, seed, test_loss, test_ppl, the generation metrics
 bleu, chrf, rouge_l (empty unless the study decodes, study/generation.py), run_dir, wall_time,
-config_hash, plus model_name, pet_size and dev_loss for the report.
+config_hash, plus model_name, pet_size and dev_loss for the report, and where the wall time went:
+setup_time, compile_time, input_time, train_time, eval_time, checkpoint_time, test_time (seconds,
+`summary.TIMING_PHASES`; empty for rows recorded before they were, whose JSON lacks them).
 
 Claims (`claim`): the next runnable run in plan order, taken in one transaction -- `SELECT ...
 FOR UPDATE SKIP LOCKED` on PostgreSQL (workers never wait on each other's locked rows), `BEGIN
@@ -29,7 +31,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ft_scaling import files
+from ft_scaling.train import summary as summary_lib
 
+# Where a run's wall time went (seconds per phase); they differ between any two runs.
+TIMING_COLUMNS = tuple(f"{phase}_time" for phase in summary_lib.TIMING_PHASES)
 COLUMNS = (
     "task",
     "method",
@@ -50,6 +55,7 @@ COLUMNS = (
     "run_dir",
     "wall_time",
     "config_hash",
+    *TIMING_COLUMNS,
 )
 DEFAULT_FILE = "results.sqlite"
 POINTER_FILE = "store.json"  # OUT/store.json: the URL store of a study (password left out)

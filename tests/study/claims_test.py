@@ -23,7 +23,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 MICRO = "tests/study/micro_study.gin"
 RUNS_IN_MICRO = 7
 LEASE_S = 4
-IGNORED = ("wall_time", "run_dir")
+IGNORED = ("wall_time", "run_dir", *store_lib.TIMING_COLUMNS)
 
 
 def _cmd(out, *extra):
