@@ -30,7 +30,7 @@ import jax
 
 from ft_scaling import files
 from ft_scaling.study import claims as claims_lib
-from ft_scaling.study import execute, generation, sweep
+from ft_scaling.study import execute, generation, suites, sweep
 from ft_scaling.study import store as store_lib
 from ft_scaling.train import summary as summary_lib
 
@@ -65,6 +65,8 @@ def write_plan(runs: list[sweep.Run], out_dir: str) -> None:
 def plan(study: sweep.Study, out_dir: str, leader: bool = True) -> list[sweep.Run]:
     """Every run of the study; the leader also writes plan.json and report_settings.json."""
     runs = sweep.expand(study, out_dir)
+    # Every suite revision the runs start from exists and is complete, or nothing runs.
+    suites.check_complete(sweep.suite_checkpoints(study))
     if leader:
         write_plan(runs, out_dir)
         settings = {"held_out": study.held_out, "bootstrap": study.report_bootstrap}

@@ -9,6 +9,20 @@
            pretraining data the default model's intermediate checkpoints x methods x D_f x seed
            PET size         the default model x each PET size of prompt/LoRA x D_f x seed
 
+A base model is one of three kinds (`BaseModel`):
+    in-house      model_gin + pretrain_steps (+ pretrain_checkpoints): pretrained by the study;
+                  tokens of a checkpoint = step x Study.tokens_per_pretrain_step
+    checkpoint    model_gin + checkpoint: an existing MODEL_DIR; no pretraining-data axis
+    suite         hf_source (hub id or local directory) + revisions (the pretraining-data axis)
+                  + final_revision, tokens by token_rule ('pythia', 'olmo2') or revision_tokens
+                  (study/suites.py: layout, rules, completeness); its finetuning runs include
+                  t5x_configs/models/hf.gin after the run gin with HF_CHECKPOINT = the revision
+
+    BaseModel(name, model_gin=None, pretrain_steps=0, pretrain_checkpoints=(), checkpoint=None,
+              hf_source=None, revisions=(), final_revision='main', revision_tokens=(),
+              token_rule=None)
+    suite_checkpoints(study) -> [suites.Checkpoint]   the revisions the study finetunes from
+
 A run is a list of gin files plus bindings; its id is a hash of them (the operative config), so
 the same run expanded twice has the same id and a rerun study skips it.
 """
@@ -19,10 +33,11 @@ import json
 from collections.abc import Mapping, Sequence
 
 import gin
-from ft_scaling.study import generation
+from ft_scaling.study import generation, suites
 
 PRETRAIN_GIN = "t5x_configs/runs/pretrain.gin"
 FINETUNE_GIN = "t5x_configs/runs/finetune.gin"
+HF_GIN = "t5x_configs/models/hf.gin"  # after the run, method and study gins (it says why)
 
 
 @gin.configurable
@@ -32,18 +47,29 @@ class BaseModel:
 
     Attributes:
       name: short name, e.g. 'tiny_2' or '1b'.
-      model_gin: the size gin (t5x_configs/models/<size>.gin).
-      pretrain_steps: steps of its pretraining run (0 when `checkpoint` is given).
+      model_gin: the size gin (t5x_configs/models/<size>.gin); None for a suite model (its
+        config.json gives the architecture).
+      pretrain_steps: steps of its pretraining run (0 when `checkpoint` or `hf_source` is given).
       pretrain_checkpoints: intermediate steps kept as the pretraining-data axis.
       checkpoint: an existing pretrained MODEL_DIR to finetune from instead of pretraining.
-      model_params: its parameter count, filled in by the study from the model gin.
+      hf_source: a suite model: hub id 'org/name' or a local directory (suites.py: layout).
+      revisions: its intermediate revisions, the pretraining-data axis (e.g. 'step48000').
+      final_revision: its final revision (model-size and PET-size axes).
+      revision_tokens: pretraining tokens of each revision, then of the final one.
+      token_rule: or a rule deriving them from the names: 'pythia' or 'olmo2'.
+    The results' model_params is counted by each run from the model it trains.
     """
 
     name: str
-    model_gin: str
+    model_gin: str | None = None
     pretrain_steps: int = 0
     pretrain_checkpoints: tuple[int, ...] = ()
     checkpoint: str | None = None
+    hf_source: str | None = None
+    revisions: tuple[str, ...] = ()
+    final_revision: str = "main"
+    revision_tokens: tuple[int, ...] = ()
+    token_rule: str | None = None
 
 
 @gin.configurable
@@ -85,7 +111,7 @@ class Study:
       seeds: one run per seed and point, each on a different D_f subset (the paper: 3).
       pretrain_bindings, finetune_bindings: gin bindings of every pretraining / finetuning run.
       tokens_per_pretrain_step: BATCH_SIZE x target length of pretraining (for the
-        pretraining-token axis).
+        pretraining-token axis of in-house models; suite models count their own).
       gin_files: extra gin files of every run (e.g. the task gin).
       held_out: the fitter's held-out rule for the report ('paper', 'largest_x', 'largest_d',
         'none'); report_bootstrap: bootstrap replicates of the report's fits.
@@ -99,7 +125,7 @@ class Study:
     base_models: tuple[BaseModel, ...]
     methods: tuple[MethodGrid, ...]
     default_model: str
-    tokens_per_pretrain_step: int
+    tokens_per_pretrain_step: int | None = None
     seeds: tuple[int, ...] = (0,)
     pretrain_bindings: tuple[str, ...] = ()
     finetune_bindings: tuple[str, ...] = ()
@@ -140,8 +166,14 @@ def pretrain_runs(study: Study) -> dict[str, Run]:
     """name -> pretraining run, for base models without an existing checkpoint."""
     runs = {}
     for model in study.base_models:
-        if model.checkpoint:
+        _check_kind(model)
+        if model.checkpoint or model.hf_source:
             continue
+        if not study.tokens_per_pretrain_step or study.tokens_per_pretrain_step <= 0:
+            raise ValueError(
+                f"base model {model.name!r} is pretrained by the study: set "
+                "Study.tokens_per_pretrain_step (BATCH_SIZE x target length) > 0"
+            )
         if model.pretrain_steps <= 0:
             raise ValueError(f"base model {model.name!r} needs pretrain_steps > 0 or a checkpoint")
         bad = [s for s in model.pretrain_checkpoints if not 0 < s < model.pretrain_steps]
@@ -162,19 +194,49 @@ def pretrain_runs(study: Study) -> dict[str, Run]:
     return runs
 
 
+def _check_kind(model: BaseModel) -> None:
+    """One kind per base model (module docstring): in-house, checkpoint or suite."""
+    where = f"base model {model.name!r}"
+    if model.hf_source is None:
+        if not model.model_gin:
+            raise ValueError(f"{where} needs model_gin (or hf_source for a suite model)")
+        if model.revisions or model.revision_tokens or model.token_rule:
+            raise ValueError(f"{where}: revisions, revision_tokens and token_rule need hf_source")
+        return
+    given = [f for f in ("model_gin", "checkpoint", "pretrain_steps", "pretrain_checkpoints")
+             if getattr(model, f)]  # fmt: skip
+    if given:
+        raise ValueError(
+            f"{where} has hf_source={model.hf_source!r}, so its architecture and weights come "
+            f"from the checkpoint (config.json; {HF_GIN}): drop {', '.join(given)}"
+        )
+
+
 def _checkpoints(study: Study, model: BaseModel, pretrain: dict[str, Run], out_dir: str):
-    """[(initial checkpoint path, pretrain tokens, is_final)] of a base model."""
+    """[(initial checkpoint path, pretrain tokens, is_final, revision)] of a base model."""
+    if model.hf_source:
+        return [(c.location, c.pretrain_tokens, c.final, c.revision)
+                for c in suites.checkpoints(model)]  # fmt: skip
     if model.checkpoint:
-        return [(model.checkpoint, None, True)]
+        return [(model.checkpoint, None, True, None)]
     run = pretrain[model.name]
     base = f"{run.model_dir(out_dir)}/checkpoints"
     points = [
-        (f"{base}/{s}", s * study.tokens_per_pretrain_step, False)
+        (f"{base}/{s}", s * study.tokens_per_pretrain_step, False, None)
         for s in sorted(model.pretrain_checkpoints)
     ]
     final = model.pretrain_steps
-    points.append((f"{base}/{final}", final * study.tokens_per_pretrain_step, True))
+    points.append((f"{base}/{final}", final * study.tokens_per_pretrain_step, True, None))
     return points
+
+
+def suite_checkpoints(study: Study) -> list[suites.Checkpoint]:
+    """The suite revisions the study's finetuning runs start from, each once, in run order."""
+    needed = []
+    for model, which, _, _ in _finetune_points(study):
+        if model.hf_source:
+            needed += [c for c in suites.checkpoints(model) if c.final == (which == "final")]
+    return list(dict.fromkeys(needed))
 
 
 def _finetune_points(study: Study):
@@ -197,7 +259,7 @@ def _finetune_points(study: Study):
 def finetune_runs(study: Study, out_dir: str, pretrain: dict[str, Run]) -> list[Run]:
     runs = []
     for model, which, method, size in _finetune_points(study):
-        for path, tokens, is_final in _checkpoints(study, model, pretrain, out_dir):
+        for path, tokens, is_final, revision in _checkpoints(study, model, pretrain, out_dir):
             if (which == "final") != is_final:
                 continue
             base = {
@@ -206,6 +268,7 @@ def finetune_runs(study: Study, out_dir: str, pretrain: dict[str, Run]) -> list[
                 "size": size,
                 "path": path,
                 "tokens": tokens,
+                "revision": revision,
                 "pretrain_run": pretrain.get(model.name),
             }
             for examples in method.finetune_examples:
@@ -217,9 +280,11 @@ def finetune_runs(study: Study, out_dir: str, pretrain: dict[str, Run]) -> list[
 def _finetune_run(study: Study, base: dict, examples: int, seed: int, out_dir: str) -> Run:
     model, method, size = base["model"], base["method"], base["size"]
     path, tokens, pretrain_run = base["path"], base["tokens"], base["pretrain_run"]
+    # A suite model's revision is HF_CHECKPOINT; hf.gin makes it INITIAL_CHECKPOINT_PATH too.
+    start = "HF_CHECKPOINT" if model.hf_source else "INITIAL_CHECKPOINT_PATH"
     bindings = [
         f"MIXTURE_OR_TASK_NAME={study.task!r}",
-        f"INITIAL_CHECKPOINT_PATH={path!r}",
+        f"{start}={path!r}",
         f"FINETUNE_EXAMPLES={examples}",
         f"SEED={seed}",
         *study.finetune_bindings,
@@ -236,7 +301,11 @@ def _finetune_run(study: Study, base: dict, examples: int, seed: int, out_dir: s
         "finetune_examples": examples,
         "seed": seed,
     }
-    files = [model.model_gin, FINETUNE_GIN, method.method_gin, *study.gin_files]
+    if model.hf_source:
+        record["revision"] = base["revision"]
+        files = [FINETUNE_GIN, method.method_gin, *study.gin_files, HF_GIN]
+    else:
+        files = [model.model_gin, FINETUNE_GIN, method.method_gin, *study.gin_files]
     depends = pretrain_run.run_id if pretrain_run else None
     return _make_run("finetune", files, bindings, record, depends, out_dir)
 
