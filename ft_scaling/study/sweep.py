@@ -105,7 +105,8 @@ class Study:
 
     Attributes:
       name: the study's name.
-      task: finetuning task (seqio name); pretrain_task: its pretraining text task.
+      task: finetuning task (seqio name); pretrain_task: its pretraining text task (None
+        when no base model is pretrained by the study, e.g. a suite study).
       base_models, methods: as above; default_model: name of the model of the
         pretraining-data and PET-size axes (the paper's 1B, §2).
       seeds: one run per seed and point, each on a different D_f subset (the paper: 3).
@@ -121,7 +122,7 @@ class Study:
 
     name: str
     task: str
-    pretrain_task: str
+    pretrain_task: str | None
     base_models: tuple[BaseModel, ...]
     methods: tuple[MethodGrid, ...]
     default_model: str
