@@ -4,6 +4,8 @@ ft-scaling study --gin_file=gin/studies/demo.gin --out=runs/demo [--preset=smoke
                  [--store=postgresql://USER:PASSWORD@HOST/DB [--lease_seconds=S]]
                  [--worker_index=I --num_workers=N] [--gin.KEY=VALUE ...]
 ft-scaling study report runs/demo
+ft-scaling study plan --gin_file=gin/studies/paper_wmt14_ende.gin [--out=plan.md]
+                 (runs, tokens, FLOPs, chip-hours, storage, launch command; study/plan.py)
 
 --store: a results store every worker shares (a SQLAlchemy URL); each worker claims the next
 runnable run from it (study/claims.py). Without it the store is OUT/results.sqlite, and
@@ -60,6 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit("usage: ft-scaling study report DIR")
         print(report.write_report(argv[1]))
         return 0
+    if argv and argv[0] == "plan":
+        from ft_scaling.study import plan
+
+        return plan.main(argv[1:])
     args, bindings = _parse(argv)
     files = _study_gin_files(args)
     flags.parse_gin(files, bindings, args.gin_search_paths)

@@ -59,11 +59,17 @@ class StopRule:
 
     def steps(self, spec: input_pipeline.InputSpec) -> tuple[int, int]:
         """(total steps of the schedule, the step this call stops at) for the train `spec`."""
-        total = self.train_steps
-        if self.max_epochs is not None:
-            epoch_steps = input_pipeline.batches_per_epoch(spec)
-            total = min(total, max(1, math.ceil(self.max_epochs * epoch_steps)))
+        epoch_steps = None if self.max_epochs is None else input_pipeline.batches_per_epoch(spec)
+        total = self.total_steps(epoch_steps)
         return total, max(1, math.ceil(self.budget_fraction * total))
+
+    def total_steps(self, epoch_steps: int | None) -> int:
+        """The schedule's length given the full batches of one epoch (`study plan` calls it
+        with the D_f subset's count, before any data exists); None: TRAIN_STEPS alone."""
+        total = self.train_steps
+        if self.max_epochs is not None and epoch_steps is not None:
+            total = min(total, max(1, math.ceil(self.max_epochs * epoch_steps)))
+        return total
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,6 +16,7 @@ from ft_scaling.study import sweep
 from launch import remote, tpu
 
 STUDIES = ("paper_wmt14_ende", "paper_wmt19_enzh", "paper_mlsum")
+SUITE_STUDIES = ("pythia_wmt14_ende", "pythia_wmt19_enzh", "pythia_mlsum", "olmo2_wmt14_ende")
 DANGER = "; rm -rf /"
 BASE = ["--tpu=v4-64", "--zone=us-central2-b", "--out=/mnt/shared/study"]
 
@@ -44,8 +45,8 @@ def _study_tokens(commands) -> list[list[str]]:
     return [tokens[tokens.index("-m") + 1 :] for tokens in runs]
 
 
-@pytest.mark.parametrize("study", STUDIES)
-def test_dry_run_prints_the_gcloud_commands_of_a_paper_study(study, capsys):
+@pytest.mark.parametrize("study", STUDIES + SUITE_STUDIES)
+def test_dry_run_prints_the_gcloud_commands_of_a_study(study, capsys):
     gin_file = f"gin/studies/{study}.gin"
     commands = _dry_run(capsys, f"--gin_file={gin_file}", *BASE)
     verbs = [tuple(c[:5]) if c[0] == "gcloud" else tuple(c[:2]) for c in commands]
@@ -106,6 +107,32 @@ def test_injected_gin_value_and_out_dir_stay_single_quoted_arguments(capsys):
     assert shlex.quote(binding) in command
     # The separators the remote shell sees are only the launcher's own `&&`.
     assert [t for t in tokens if t in ("&&", ";", "|", "&", "||")] == ["&&"]
+
+
+def test_suite_values_reach_the_study_as_given(capsys):
+    """A local suite directory with spaces and a command substitution, and a tuple of
+    revisions: one argument each on the remote shell (foreground and detached), and the study
+    they configure finetunes from exactly that directory."""
+    gin_file = "gin/studies/pythia_wmt14_ende.gin"
+    suite = "/mnt/suites/pythia 1b $(touch /tmp/pwned)"
+    given = [f"--gin.PYTHIA_1B='{suite}'", "--gin.PYTHIA_REVISIONS=('step48000', 'step96000')"]
+    out = ["--out=gs://my-bucket/pythia", f"--store={STORE}", "--num_pods=2"]
+    foreground = _dry_run(
+        capsys, f"--gin_file={gin_file}", *BASE[:2], *out, "--pod_index=1", *given
+    )
+    (study_argv,) = _study_tokens(foreground)
+    assert study_argv[-2:] == given and "$(touch" not in _remote(foreground[-1])
+    detached = _dry_run(capsys, f"--gin_file={gin_file}", *BASE[:2], *out, "--detach", *given)
+    studies = [_detached_study(c) for c in detached if c[4] == "ssh" and "nohup" in _remote(c)]
+    assert len(studies) == 2 and all(s[-2:] == given for s in studies)
+    bindings, _ = flags.split_gin_bindings(given)
+    flags.parse_gin([gin_file], bindings)
+    runs = sweep.expand(sweep.Study(), "gs://my-bucket/pythia")
+    starts = {b for r in runs if r.record["model_name"] == "1b" for b in r.bindings
+              if b.startswith("HF_CHECKPOINT=")}  # fmt: skip
+    # suites.location: DIR/<revision> (the final one too: DIR holds no config.json of its own)
+    revisions = [f"{suite}/{rev}" for rev in ("step48000", "step96000", "step143000")]
+    assert starts == {f"HF_CHECKPOINT={location!r}" for location in revisions}
 
 
 def test_detached_run_quotes_the_whole_study_command():
