@@ -3,6 +3,7 @@
     ft-scaling launch --gin_file=gin/studies/paper_wmt14_ende.gin --tpu=v4-64 \
         --zone=us-central2-b --out=gs://BUCKET/paper_ende \
         --store=postgresql://USER@HOST/DB [--num_pods=4 --pod_index=0] \
+        [--env=TFDS_DATA_DIR=gs://BUCKET/tensorflow_datasets ...] \
         [--queued] [--reuse] [--detach] [--delete_after] [--gin.KEY=VALUE ...] [--dry_run]
 
 Per pod (a TPU VM slice of several hosts), one gcloud command per step (launch/gcloud.py):
@@ -42,6 +43,10 @@ Multi-host environment (the one place it is documented; ft_scaling.train.partiti
                       JAX_PROCESS_ID=i (0..N-1, per process)   from SLURM_* in the job script)
     one host          none                                     not started
 
+--env=NAME=VALUE (repeatable) adds a variable to every study process on the pods, e.g.
+TFDS_DATA_DIR=gs://BUCKET/tensorflow_datasets (where the task data was built once) or
+HF_HUB_OFFLINE=1; it is quoted like every other value.
+
 --dry_run prints the exact commands, one per line (shlex.join), and runs nothing. Without it the
 commands run with subprocess, never through a local shell; values that reach the remote shell
 are quoted (launch/remote.py).
@@ -67,6 +72,7 @@ DEFAULT_RUNTIME = "tpu-ubuntu2204-base"
 # Cloud TPU names: lowercase letters, digits and hyphens, starting with a letter.
 NAME_PATTERN = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 POLL_SECONDS = 30
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +109,7 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     add("--git_url", default=None, help="clone this repository on the hosts instead of scp")
     add("--detach", action="store_true", help="run the study in the background (nohup)")
     add("--delete_after", action="store_true", help="delete the TPU VMs when the study ends")
+    add("--env", action="append", default=[], help="NAME=VALUE for the study (repeatable)")
     add("--dry_run", action="store_true", help="print the commands, run nothing")
     args = parser.parse_args([a for a in argv if not a.startswith("--gin.")])
     return args, gin_flags
@@ -117,6 +124,7 @@ def validate(args: argparse.Namespace) -> None:
         # git would read a leading '-' as an option (e.g. clone's --upload-pack=<command>).
         if (getattr(args, flag) or "").startswith("-"):
             raise SystemExit(f"ft-scaling launch: --{flag} must not start with '-'")
+    study_env(args)  # names checked here, before any pod
     if args.detach and args.delete_after:
         raise SystemExit("ft-scaling launch: --delete_after would delete a detached study's pods")
     if args.num_pods < 1:
@@ -149,6 +157,19 @@ def _validate_paths(args: argparse.Namespace) -> None:
             f"ft-scaling launch: --out={args.out!r} must be gs://... or an absolute path that "
             "every host sees (NFS / Filestore at the same path on all hosts)"
         )
+
+
+def study_env(args: argparse.Namespace) -> dict[str, str]:
+    """TPU_ENV plus the --env variables (a name must be a shell variable name)."""
+    env = dict(TPU_ENV)
+    for item in args.env:
+        name, sep, value = item.partition("=")
+        if not sep or not ENV_NAME.fullmatch(name):
+            raise SystemExit(
+                f"ft-scaling launch: --env={item!r} must be NAME=VALUE with NAME a variable name"
+            )
+        env[name] = value
+    return env
 
 
 def shown_store(url: str | None) -> str | None:
@@ -196,7 +217,7 @@ def pod_steps(args, gin_flags: Sequence[str], pod_index: int) -> list[Step]:
         args.gin_file, args.out, pod_index, args.num_pods, gin_flags, store=args.store
     )
     log = f"study_{tpu.name}.log" if args.detach else None
-    steps.append(Step(gcloud.ssh_all(tpu, remote.run_study(study, TPU_ENV, log))))
+    steps.append(Step(gcloud.ssh_all(tpu, remote.run_study(study, study_env(args), log))))
     if args.delete_after:
         delete = gcloud.delete_queued if args.queued else gcloud.delete_vm
         steps.append(Step(delete(tpu)))

@@ -173,13 +173,19 @@ def slice_chips(accelerator: str) -> tuple[str, int] | None:
     return chip, max(int(size) // cores, 1)
 
 
-def launch_argv(gin_file: str, study: str, gin_flags: Sequence[str], tpu: str, zone: str,
-                num_pods: int) -> list[str]:  # fmt: skip
-    """The README's pod command: pods claiming runs from one PostgreSQL store, into a bucket."""
+TFDS_DIR = "gs://BUCKET/tensorflow_datasets"  # where `tfds build --data_dir=...` put the data
+
+
+def launch_argv(
+    gin_file: str, study: str, gin_flags: Sequence[str], tpu: str, zone: str, num_pods: int
+) -> list[str]:
+    """The README's pod command: pods claiming runs from one PostgreSQL store, into a bucket,
+    reading the task's TFDS data from the bucket (launch --env)."""
     return [
         "ft-scaling", "launch", f"--gin_file={gin_file}", f"--tpu={tpu}", f"--zone={zone}",
         f"--num_pods={num_pods}", "--detach", f"--out=gs://BUCKET/{study}",
-        f"--store=postgresql://USER:PASSWORD@HOST:5432/{study}", *gin_flags,
+        f"--store=postgresql://USER:PASSWORD@HOST:5432/{study}",
+        f"--env=TFDS_DATA_DIR={TFDS_DIR}", *gin_flags,
     ]  # fmt: skip
 
 
@@ -236,9 +242,8 @@ def render(plan: dict, markdown: bool = False) -> str:
     parts += [heading("Checkpoint storage (what the runs keep)"), _storage_table(plan, markdown)]
     launch = plan.get("launch")
     if launch:
-        parts += [heading("Launch"), ("    " if not markdown else "") + launch["command"]]
-        if launch.get("days"):
-            parts.append(launch["days"])
+        parts += [heading("Launch"), "    " + launch["command"]]  # a code block in markdown too
+        parts += [launch[key] for key in ("note", "days") if launch.get(key)]
     bullet = "- " if markdown else "  * "
     parts += [heading("Assumptions"), "\n".join(bullet + note for note in plan["assumptions"])]
     return "\n\n".join(parts) + "\n"
@@ -318,6 +323,10 @@ def _launch(plan: dict, args, gin_flags: Sequence[str]) -> dict:
     launch = {"command": shlex.join(argv)}
     if len(args.gin_file) > 1 or args.preset:
         launch["command"] += "   # launch takes one study gin: put the others in it"
+    launch["note"] = (
+        "BUCKET, USER, PASSWORD, HOST: yours (README: pods and a shared store); TFDS_DATA_DIR: "
+        "where `tfds build` put the task's data (the embedded debian_l10n tasks need none)"
+    )
     chips = slice_chips(args.tpu)
     if chips:
         chip, count = chips

@@ -117,11 +117,15 @@ def test_suite_values_reach_the_study_as_given(capsys):
     suite = "/mnt/suites/pythia 1b $(touch /tmp/pwned)"
     given = [f"--gin.PYTHIA_1B='{suite}'", "--gin.PYTHIA_REVISIONS=('step48000', 'step96000')"]
     out = ["--out=gs://my-bucket/pythia", f"--store={STORE}", "--num_pods=2"]
+    data = "gs://my-bucket/tensorflow datasets;$(id)"
+    env = f"--env=TFDS_DATA_DIR={data}"
     foreground = _dry_run(
-        capsys, f"--gin_file={gin_file}", *BASE[:2], *out, "--pod_index=1", *given
+        capsys, f"--gin_file={gin_file}", *BASE[:2], *out, "--pod_index=1", env, *given
     )
     (study_argv,) = _study_tokens(foreground)
     assert study_argv[-2:] == given and "$(touch" not in _remote(foreground[-1])
+    run = _remote(foreground[-1])
+    assert run[4:6] == ["JAX_COORDINATOR_ADDRESS=auto", f"TFDS_DATA_DIR={data}"]
     detached = _dry_run(capsys, f"--gin_file={gin_file}", *BASE[:2], *out, "--detach", *given)
     studies = [_detached_study(c) for c in detached if c[4] == "ssh" and "nohup" in _remote(c)]
     assert len(studies) == 2 and all(s[-2:] == given for s in studies)
@@ -162,6 +166,8 @@ def test_bad_tpu_names_are_refused_before_anything_runs(name, capsys):
         ("--pod_index=3", "pod_index"),
         ("--git_ref=--output=/etc/passwd", "git_ref"),
         ("--git_url=--upload-pack=touch /tmp/x", "git_url"),
+        ("--env=1BAD=x", "must be NAME=VALUE"),
+        ("--env=NO_VALUE", "must be NAME=VALUE"),
     ],
 )
 def test_bad_flags_fail_with_a_clear_message(flag, message):
