@@ -215,3 +215,23 @@ def test_cli_prints_the_tables_and_writes_the_plan(tmp_path, capsys):
     with pytest.raises(SystemExit, match="must end in .json or .md"):
         study_main.main(["plan", f"--gin_file={gin}", f"--out={tmp_path / 'plan.txt'}"])
     np.testing.assert_equal(plan.slice_chips("v5litepod-16"), ("TPU v5e", 16))
+
+
+def test_suite_shapes_come_from_a_local_config_or_the_published_table(tmp_path):
+    tiny = {"architectures": ["GPTNeoXForCausalLM"], "hidden_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "intermediate_size": 256, "vocab_size": 512}  # fmt: skip
+    (tmp_path / "step143000").mkdir()
+    (tmp_path / "step143000" / "config.json").write_text(json.dumps(tiny))
+    local = run_cost.hf_model_config(str(tmp_path / "step143000"), dtype="bfloat16")
+    assert (local.embed_dim, local.num_layers, local.mlp, local.dtype) == (
+        64,
+        2,
+        "gelu",
+        "bfloat16",
+    )
+    hub = run_cost.hf_model_config("EleutherAI/pythia-410m@step143000")
+    assert configs.param_count(hub) == 405_334_016
+    with pytest.raises(ValueError, match="no .*/nowhere/config.json"):
+        run_cost.hf_model_config(str(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match="'someone/unknown'.*not in the local Hugging Face cache"):
+        run_cost.hf_model_config("someone/unknown@step1")
