@@ -40,6 +40,8 @@ def _assert_matches(actual, expected, where="fit.json"):
     if isinstance(expected, dict):
         assert isinstance(actual, dict) and list(actual) == list(expected), where
         for key in expected:
+            if key == "status" and _both_converged(actual[key], expected[key]):
+                continue
             if key not in START_COUNTS:
                 _assert_matches(actual[key], expected[key], f"{where}.{key}")
     elif isinstance(expected, list):
@@ -50,6 +52,12 @@ def _assert_matches(actual, expected, where="fit.json"):
         assert actual == pytest.approx(expected, rel=1e-6, abs=1e-12), where
     else:
         assert actual == expected, where
+
+
+def _both_converged(actual, expected) -> bool:
+    """L-BFGS may stop on the gradient test on one CPU and on the loss test on another (float
+    arithmetic differs in the last bits between instruction sets); both are convergence."""
+    return str(actual).startswith("converged") and str(expected).startswith("converged")
 
 
 @pytest.fixture(scope="module")
