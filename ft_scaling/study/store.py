@@ -147,6 +147,16 @@ def _sqlite_connect(dbapi_connection, _record) -> None:
     dbapi_connection.execute("PRAGMA journal_mode=WAL")
 
 
+def _create_tables(engine: sa.Engine) -> None:
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # Workers starting together race in CREATE TABLE (PostgreSQL's existence check and
+            # the catalog insert are not one atomic step: UniqueViolation on pg_type): a
+            # transaction-scoped advisory lock serialises them.
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(7282011)"))
+        _METADATA.create_all(conn)
+
+
 class ResultsStore:
     """Finished and failed runs of a study, keyed by run id; see the module docstring.
 
@@ -165,7 +175,7 @@ class ResultsStore:
         self.name = redact(self.path) if is_url(self.path) else self.path
         self._engine = _engine(self.path)
         try:
-            _METADATA.create_all(self._engine)
+            _create_tables(self._engine)
         except sa.exc.OperationalError as err:
             self._engine.dispose()
             raise StoreError(

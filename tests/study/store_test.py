@@ -145,3 +145,22 @@ def test_a_study_on_an_unreachable_store_fails_before_training(tmp_path, capsys)
     err = capsys.readouterr().err
     assert f"cannot reach the results store postgresql://ft:***@127.0.0.1:{port}/study" in err
     assert "topsecret" not in err and not (tmp_path / "runs").exists()  # nothing trained
+
+
+def test_workers_opening_a_new_store_together_all_succeed(location):
+    """Workers of a study start at once: all create the tables of an empty database."""
+    errors, barrier = [], threading.Barrier(6)
+
+    def open_store():
+        try:
+            barrier.wait(timeout=30)
+            store_lib.ResultsStore(location, {"kind": "study", "name": "race"}).close()
+        except Exception as err:  # noqa: BLE001 - the test reports every worker's failure
+            errors.append(repr(err))
+
+    threads = [threading.Thread(target=open_store) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
