@@ -58,6 +58,7 @@ COLUMNS = (
     *TIMING_COLUMNS,
 )
 DEFAULT_FILE = "results.sqlite"
+SQLITE_BUSY_TIMEOUT_S = 60
 POINTER_FILE = "store.json"  # OUT/store.json: the URL store of a study (password left out)
 CONNECT_TIMEOUT_S = 10
 
@@ -133,7 +134,7 @@ def _engine(location: str) -> sa.Engine:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     engine = sa.create_engine(
         f"sqlite:///{os.path.abspath(path)}",
-        connect_args={"timeout": 60, "check_same_thread": False},
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
     )
     sa.event.listen(engine, "connect", _sqlite_connect)
     sa.event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
@@ -148,13 +149,27 @@ def _sqlite_connect(dbapi_connection, _record) -> None:
 
 
 def _create_tables(engine: sa.Engine) -> None:
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as conn:
             # Workers starting together race in CREATE TABLE (PostgreSQL's existence check and
             # the catalog insert are not one atomic step: UniqueViolation on pg_type): a
             # transaction-scoped advisory lock serialises them.
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(7282011)"))
-        _METADATA.create_all(conn)
+            _METADATA.create_all(conn)
+        return
+    # Six workers opening one new file at once got "database is locked" in CI despite the busy
+    # timeout (SQLite skips its busy handler where waiting could deadlock, e.g. while another
+    # connection converts the file to WAL): retry, as creating the tables is idempotent.
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    while True:
+        try:
+            with engine.begin() as conn:
+                _METADATA.create_all(conn)
+            return
+        except sa.exc.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 class ResultsStore:
