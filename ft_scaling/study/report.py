@@ -4,6 +4,7 @@ stores (*.sqlite) -> results.csv, and the finished rows -> `table_fit.fit_table`
 two stages: the paper's procedure; the additive law as a rival), whose outputs go to
 fit_<law>/ as `ft-scaling fit` writes them -> report.md with
   runs (finished / failed, with errors)
+  where the time went: wall time per phase summed per method (`time_report`)
   generation metrics (BLEU, chrF, ROUGE-L of decoded test examples) per method, model and D_f,
     mean over seeds, when the study decoded them (`Study.generation_metrics`)
   fitted laws per method and factor (params, Δe, Δh, bootstrap intervals) and plots
@@ -29,6 +30,7 @@ from ft_scaling.scaling import report as fit_report
 from ft_scaling.scaling import results_table as tables
 from ft_scaling.scaling.bootstrap import BootstrapOptions
 from ft_scaling.study import store as store_lib
+from ft_scaling.study import time_report
 
 PET_SCALING_THRESHOLD = 0.01  # the paper's "|alpha_t| << 1e-2" (PAPER.md §6)
 SATURATION_THRESHOLD = 0.01  # 1% less loss per doubling of D_f (issue 9's example)
@@ -68,6 +70,7 @@ def write_report(out_dir: str, starts: int = 300) -> str:
     ]
     sections += _runs_section(out_dir, rows)
     sections += generation_section(rows)
+    sections += time_report.section(rows)
     sections += _fit_sections(fits)
     path = os.path.join(out_dir, "report.md")
     files.atomic_write_text(path, "\n".join(sections) + "\n")

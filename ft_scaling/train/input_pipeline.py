@@ -4,8 +4,16 @@ The order of training batches depends only on (task, split, seed, batch size, pa
 position in that order is the number of batches consumed, saved with every checkpoint. Resuming
 rebuilds the same stream and skips that many batches, so a resumed run sees exactly the batches
 an uninterrupted run would have seen.
+
+Per process, what is the same for many runs is built once: a train split of up to
+IN_MEMORY_EXAMPLES examples (a D_f subset) is converted once per (task, lengths, seed) and kept
+as numpy columns (up to TRAIN_CACHE_BYTES in all), so another run on it (another model, method
+or learning rate) only reshuffles it; the eval batches of a split are kept likewise. Building a
+seqio pipeline traces its preprocessors with autograph, which costs more than a short run's
+steps. The cached columns are the pipeline's examples in its order, so every batch is the same.
 """
 
+import collections
 import dataclasses
 import functools
 from collections.abc import Iterator, Mapping
@@ -69,18 +77,45 @@ def _dataset(spec: InputSpec, split: str, shuffle: bool, num_epochs: int | None)
 IN_MEMORY_EXAMPLES = 200_000
 
 
+# Converted train splits kept per process, in bytes (least recently used dropped first).
+TRAIN_CACHE_BYTES = 1 << 30
+_TRAIN_CACHE: collections.OrderedDict = collections.OrderedDict()
+
+
 def train_batches(spec: InputSpec, position: int = 0) -> Iterator[dict]:
     """Endless numpy batches of the train split, starting after `position` batches."""
     known = None if spec.pack else get_task(spec.task).num_input_examples("train")
     if known and known <= IN_MEMORY_EXAMPLES:
         # One conversion, then a seeded reshuffle per epoch: a finetuning subset is otherwise
         # re-read (and re-filtered from its parent split) every epoch.
-        ds = _dataset(spec, "train", shuffle=False, num_epochs=1).cache()
+        ds = tf.data.Dataset.from_tensor_slices(converted_train_examples(spec))
         ds = ds.shuffle(int(known), seed=spec.seed, reshuffle_each_iteration=True).repeat()
     else:
         ds = _dataset(spec, "train", shuffle=True, num_epochs=None)
     ds = ds.batch(spec.batch_size, drop_remainder=True).skip(position)
     return ds.prefetch(2).as_numpy_iterator()
+
+
+def converted_train_examples(spec: InputSpec) -> dict[str, np.ndarray]:
+    """The unpacked train split as converted by the pipeline, in stored order: feature ->
+    [examples, length] array. Cached per (task, lengths, seed); the caller must not modify it.
+    """
+    key = (spec.task, tuple(sorted(spec.feature_lengths.items())), spec.seed)
+    if key in _TRAIN_CACHE:
+        _TRAIN_CACHE.move_to_end(key)
+        return _TRAIN_CACHE[key]
+    batches = list(
+        _dataset(spec, "train", shuffle=False, num_epochs=1).batch(4096).as_numpy_iterator()
+    )
+    if not batches:
+        raise ValueError(f"task {spec.task!r} has an empty train split")
+    columns = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+    size = sum(v.nbytes for v in columns.values())
+    if size <= TRAIN_CACHE_BYTES:
+        _TRAIN_CACHE[key] = columns
+        while sum(v.nbytes for c in _TRAIN_CACHE.values() for v in c.values()) > TRAIN_CACHE_BYTES:
+            _TRAIN_CACHE.popitem(last=False)
+    return columns
 
 
 def batches_per_epoch(spec: InputSpec) -> int:

@@ -36,6 +36,7 @@ from ft_scaling.train import (
     preemption,
     settings,
     summary,
+    timings,
     trainer,
 )
 
@@ -90,46 +91,52 @@ def train(
     `@partitioning.logical_rules()`, as t5x injects its partitioner); None builds those.
     """
     settings.check_arguments(locals())  # first: locals() is exactly train's arguments here
-    start = time.time()
-    run_settings = settings.RunSettings(
-        model_dir=model_dir,
-        model_config=model_config or configs.ModelConfig(),
-        method=method or base.Method(),
-        spec=input_pipeline.InputSpec(task, dict(feature_lengths), batch_size, pack, seed),
-        stop=settings.StopRule(train_steps, max_epochs, budget_fraction),
-        schedule=settings.Schedule(learning_rate, schedule_kind, warmup_steps, final_lr_fraction),
-        optimizer=optimizers.OptimizerSettings(optimizer_kind, weight_decay, clip_norm),
-        loop=settings.LoopSettings(
-            eval_every=eval_every,
-            eval_batch_size=eval_batch_size or batch_size,
-            save_every=save_every,
-            log_every=log_every,
-            keep_last=keep_checkpoints,
-            keep_steps=tuple(keep_steps),
-            num_microbatches=num_microbatches,
-            test_split=test_split,
-        ),
-        finetune_examples=finetune_examples,
-        eval_examples=eval_examples,
-        initial_checkpoint_path=initial_checkpoint_path,
-    )
-    mesh = partitioning.make_mesh() if mesh is None else mesh
-    rules = partitioning.logical_rules() if rules is None else rules
-    return _run(settings.setup(run_settings, mesh, rules), start)
+    start, timer = time.time(), timings.PhaseTimer()
+    with timer.phase("setup"):
+        run_settings = settings.RunSettings(
+            model_dir=model_dir,
+            model_config=model_config or configs.ModelConfig(),
+            method=method or base.Method(),
+            spec=input_pipeline.InputSpec(task, dict(feature_lengths), batch_size, pack, seed),
+            stop=settings.StopRule(train_steps, max_epochs, budget_fraction),
+            schedule=settings.Schedule(
+                learning_rate, schedule_kind, warmup_steps, final_lr_fraction
+            ),
+            optimizer=optimizers.OptimizerSettings(optimizer_kind, weight_decay, clip_norm),
+            loop=settings.LoopSettings(
+                eval_every=eval_every,
+                eval_batch_size=eval_batch_size or batch_size,
+                save_every=save_every,
+                log_every=log_every,
+                keep_last=keep_checkpoints,
+                keep_steps=tuple(keep_steps),
+                num_microbatches=num_microbatches,
+                test_split=test_split,
+            ),
+            finetune_examples=finetune_examples,
+            eval_examples=eval_examples,
+            initial_checkpoint_path=initial_checkpoint_path,
+        )
+        mesh = partitioning.make_mesh() if mesh is None else mesh
+        rules = partitioning.logical_rules() if rules is None else rules
+        run = settings.setup(run_settings, mesh, rules)
+    return _run(run, start, timer)
 
 
-def _run(run: settings.Run, start: float) -> summary.RunSummary:
+def _run(run: settings.Run, start: float, timer: timings.PhaseTimer) -> summary.RunSummary:
     """Trains a set-up run; writes its fingerprint, operative config and summary.json."""
     model_dir, training = run.settings.model_dir, None
     # A full disk stops the run naming MODEL_DIR and its last good checkpoint (a rerun resumes).
     with files.naming_full_disk(model_dir, lambda: _kept(training, model_dir)):
-        training = _Loop(run)  # restores or initialises: a bad INITIAL_CHECKPOINT_PATH fails
-        settings.record(run)  # only now: a run that failed above left MODEL_DIR as it was
-        _write_operative_config(model_dir)
+        with timer.phase("setup"):
+            training = _Loop(run, timer)  # restores or initialises: a bad base fails here
+            settings.record(run)  # only now: a run that failed above left MODEL_DIR as it was
+            _write_operative_config(model_dir)
         result = training.execute()
         result = result.replace(
             model_params=configs.param_count(run.settings.model_config),
             wall_time_s=time.time() - start,
+            timings=timer.seconds(),
         )
         _write_operative_config(model_dir)  # again: with the configurables the run called
         if jax.process_index() == 0:
@@ -140,8 +147,8 @@ def _run(run: settings.Run, start: float) -> summary.RunSummary:
 class _Loop:
     """One call's training of a run: restore, then step / evaluate and save, then finish."""
 
-    def __init__(self, run: settings.Run):
-        self.run, self.cfg = run, run.settings.loop
+    def __init__(self, run: settings.Run, timer: timings.PhaseTimer):
+        self.run, self.cfg, self.timer = run, run.settings.loop, timer
         policy = checkpoints.RetentionPolicy(self.cfg.keep_last, True, self.cfg.keep_steps)
         self.store = checkpoints.CheckpointStore(run.settings.model_dir, policy)
         try:
@@ -177,16 +184,19 @@ class _Loop:
         self.best = self.meta.get("best_dev_loss")
         tokens_per_step = run.spec.batch_size * sum(run.spec.feature_lengths.values())
         self.progress = metrics_io.Progress(run.total_steps, self.step, tokens_per_step)
+        self.compile_time = None  # the first step's seconds: compiled then, unless cached
 
     def execute(self) -> summary.RunSummary:
         """Trains to the stop step (or SIGTERM), then finishes; the summary of this call."""
         try:
             position = int(self.meta["data_position"])
-            batches = input_pipeline.train_batches(self.run.spec, position=position)
+            with self.timer.phase("input"):
+                batches = input_pipeline.train_batches(self.run.spec, position=position)
             preempted, dev = preemption.SigtermFlag(), None
-            self.compile_start, self.compile_time = time.time(), None
             while self.step < self.run.stop_step and not preempted.set:
-                self.advance(next(batches))
+                with self.timer.phase("input"):
+                    batch = partitioning.global_batch(next(batches), self.batch_sharding)
+                self.advance(batch)
                 dev = self.evaluate_and_save()
             if preempted.set:
                 self.save()
@@ -198,18 +208,22 @@ class _Loop:
                 )
             return self.finish(dev)
         finally:
-            self.store.close()
+            with self.timer.phase("checkpoint"):
+                self.store.close()
 
     def advance(self, batch) -> None:
         """One optimizer step; every LOG_EVERY steps (and the last) its metrics."""
-        batch = partitioning.global_batch(batch, self.batch_sharding)
-        learning_rate = np.float32(self.run.schedule(self.step))
-        self.state, metrics = self.train_fn(self.state, self.frozen, batch, learning_rate)
-        self.step += 1
-        if self.compile_time is None:  # the first call returns once compiled and dispatched
-            self.compile_time = time.time() - self.compile_start
-        if self.step % self.cfg.log_every and self.step != self.run.total_steps:
-            return
+        with self.timer.phase("train"):  # compiling moves to 'compile' (timings.py)
+            started = time.perf_counter()
+            learning_rate = np.float32(self.run.schedule(self.step))
+            self.state, metrics = self.train_fn(self.state, self.frozen, batch, learning_rate)
+            self.step += 1
+            if self.compile_time is None:  # the first call returns once compiled and dispatched
+                self.compile_time = time.perf_counter() - started
+            if self.step % self.cfg.log_every == 0 or self.step == self.run.total_steps:
+                self._log(metrics, learning_rate)  # its float() waits for the step
+
+    def _log(self, metrics: dict, learning_rate) -> None:
         loss = float(metrics["loss"])
         if not math.isfinite(loss):
             raise NonFiniteLossError(f"loss is {loss} at step {self.step}; stopping. {self.kept()}")
@@ -230,8 +244,11 @@ class _Loop:
 
     def evaluate(self) -> tuple[dict, bool]:
         """(dev metrics, whether they are a new best) of the current params."""
-        dev = self._split_metrics(self.state.params, "validation")
-        self.writer.write(self.step, "validation", dev)
+        with self.timer.phase("train"):
+            timings.sync(self.state)  # the steps dispatched so far are train time
+        with self.timer.phase("eval"):
+            dev = self._split_metrics(self.state.params, "validation", "eval")
+            self.writer.write(self.step, "validation", dev)
         improved = self.best is None or dev["loss"] < self.best
         if improved:
             self.best = dev["loss"]
@@ -239,6 +256,12 @@ class _Loop:
 
     def save(self, dev_loss: float | None = None) -> None:
         """Checkpoints the state (unless this step is saved already); never non-finite params."""
+        with self.timer.phase("train"):
+            timings.sync(self.state)
+        with self.timer.phase("checkpoint"):
+            self._save(dev_loss)
+
+    def _save(self, dev_loss: float | None) -> None:
         finite = all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(self.state.params))
         if not finite:
             raise NonFiniteLossError(
@@ -275,20 +298,26 @@ class _Loop:
         if not (finished and self.cfg.test_split):
             return result
         base_path = self.meta["base_checkpoint"]
-        best = checkpoints.best_params(self.store, self.state, self.frozen, base_path)
-        test = self._split_metrics(best, self.cfg.test_split)
+        with self.timer.phase("checkpoint"):
+            best = checkpoints.best_params(self.store, self.state, self.frozen, base_path)
+        test = self._split_metrics(best, self.cfg.test_split, "test")
         return result.replace(
             test_loss=test["loss"], test_ppl=test["ppl"], test_tokens=test["target_tokens"]
         )
 
-    def _split_metrics(self, params, split: str) -> dict:
-        """Token-level loss and PPL over a whole split, summed exactly on host."""
+    def _split_metrics(self, params, split: str, phase: str) -> dict:
+        """Token-level loss and PPL over a whole split, summed exactly on host; timed as
+        `phase` (its batches as input)."""
         loss_sum, tokens, spec = 0.0, 0.0, self.run.eval_spec
-        for batch in input_pipeline.eval_batches(spec, split, self.cfg.eval_batch_size):
-            batch = partitioning.global_batch(batch, self.batch_sharding)
-            out = self.eval_fn(params, self.frozen, batch)
-            loss_sum += float(out["loss_sum"])
-            tokens += float(out["target_tokens"])
+        with self.timer.phase("input"):
+            batches = input_pipeline.eval_batches(spec, split, self.cfg.eval_batch_size)
+        for batch in batches:
+            with self.timer.phase("input"):
+                batch = partitioning.global_batch(batch, self.batch_sharding)
+            with self.timer.phase(phase):
+                out = self.eval_fn(params, self.frozen, batch)
+                loss_sum += float(out["loss_sum"])
+                tokens += float(out["target_tokens"])
         if tokens == 0:
             raise ValueError(f"{split} split of {spec.task!r} has no target tokens")
         loss = loss_sum / tokens

@@ -14,6 +14,7 @@ import pytest
 from ft_scaling import files
 from ft_scaling.config import flags
 from ft_scaling.train import checkpoints, metrics_io
+from ft_scaling.train import summary as summary_lib
 from tests.train import byte_tasks, run_script
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -54,6 +55,27 @@ def test_tiny_model_overfits_a_small_batch(tmp_path):
     losses = _train_losses(tmp_path)
     assert summary.status == "finished" and summary.step == 60
     assert losses[60] < 0.1 * losses[1], (losses[1], losses[60])
+
+
+def test_run_summary_says_where_the_wall_time_went(tmp_path):
+    """Every phase is counted, exclusively: the phases sum to at most the wall time, and a
+    second run of the same shapes in this process compiles (almost) nothing."""
+    extra = ("EVAL_EVERY=3", "SAVE_EVERY=3", "train.test_split='validation'")
+    first = _train_in_process(tmp_path / "first", 6, *extra)
+    second = _train_in_process(tmp_path / "second", 6, *extra)
+    for summary in (first, second):
+        timings = summary.timings
+        assert set(timings) == set(summary_lib.TIMING_PHASES)
+        assert all(seconds >= 0 for seconds in timings.values()), timings
+        assert sum(timings.values()) <= summary.wall_time_s + 1e-6, (timings, summary.wall_time_s)
+        for phase in ("setup", "input", "train", "eval", "checkpoint", "test"):
+            assert timings[phase] > 0, (phase, timings)
+    # The first run traced and compiled the step and the eval; the second found them compiled.
+    assert first.timings["compile"] > 0.2, first.timings
+    assert second.timings["compile"] < 0.5 * first.timings["compile"], (first, second)
+    row = dict(zip(summary_lib.TIMING_PHASES, (None,) * 7, strict=True))
+    row.update(second.timings)
+    assert second.timing_columns() == {f"{k}_time": v for k, v in row.items()}
 
 
 @pytest.mark.slow
