@@ -14,6 +14,10 @@ otherwise silently train less than intended (PEFT only errors when none match, p
 
 `merge(params)` folds the update into the kernels in float32 and returns base-shaped params for
 the plain decoder (inference, export); `lora_export.py` writes PEFT's adapter layout.
+
+Packed runs (train/packed_step.py) of different ranks share one model padded to the largest rank;
+there each run's alpha / r_i is an input, the 'lora_scale' variable collection
+(`LoRAProjection.per_run_scale`), not the constant alpha / rank. A solo run never has it.
 """
 
 import dataclasses
@@ -31,6 +35,7 @@ from ft_scaling.methods import base
 from ft_scaling.models import axes, decoder
 
 LORA_A, LORA_B = "lora_a", "lora_b"
+SCALE_COLLECTION, SCALE = "lora_scale", "scale"  # packed runs' per-run alpha / r_i
 # 'wi' is the input projection of the ungated GELU MLP (GPT-NeoX); wi_0/wi_1 of gated ones.
 DEFAULT_TARGETS = ("attention/(query|key|value|out)$", "mlp/(wi|wi_0|wi_1|wo)$")
 _MATCH_ALL = (".*",)
@@ -43,12 +48,19 @@ class LoRAProjection(decoder.Projection):
     alpha: float = 4.0
     dropout_rate: float = 0.0
     targets: tuple[str, ...] = DEFAULT_TARGETS
+    # True: the update's scale is the SCALE_COLLECTION variable (a packed run's alpha / r_i,
+    # whose factors are zero-padded to `rank`); False (every solo run): alpha / rank.
+    per_run_scale: bool = False
 
     def setup(self):
         super().setup()
         self.is_target = is_target(module_path(self.path), self.targets)
         if not self.is_target:
             return
+        if self.per_run_scale:
+            self.scale = self.variable(
+                SCALE_COLLECTION, SCALE, lambda: jnp.float32(self.alpha / self.rank)
+            )
         n_in = len(self.in_shape)
         in_axes, out_axes = tuple(self.kernel_axes[:n_in]), tuple(self.kernel_axes[n_in:])
         fan_in = decoder._flat(self.in_shape)
@@ -81,6 +93,8 @@ class LoRAProjection(decoder.Projection):
         a2 = self.lora_a.reshape(-1, self.rank).astype(self.dtype)
         b2 = self.lora_b.reshape(self.rank, -1).astype(self.dtype)
         update = ((x2 @ a2) @ b2).reshape(*lead, *self.out_shape)  # [..., out...]
+        if self.per_run_scale:  # cast as a Python float is: the same product as a solo run's
+            return y + self.scale.value.astype(update.dtype) * update
         return y + (self.alpha / self.rank) * update
 
 
