@@ -12,6 +12,10 @@ All starts (and, for the bootstrap, all replicates) are one batch for `lbfgs.min
                   design seen by L-BFGS are orthonormal (log X ~ 21 +- 1.4 makes log A and
                   alpha nearly collinear otherwise); an exact linear map, undone afterwards.
 
+The rectified law's pre-learned data size D_l enters its D_f-dependent term nonlinearly,
+u -= softplus(log D_l - beta log D_f) (`Rectifier`, see laws.py); its zero design column is left
+unwhitened, and with D_l and beta both fixed the correction is a constant offset.
+
 Every start's result and status is kept (`Starts`; starts far worse than a converged one after
 50 iterations stop as 'abandoned', see `lbfgs.LbfgsOptions`). The best start is the lowest-loss
 converged one unless an unconverged start is lower still, and then `Fit.status` says so; the
@@ -23,6 +27,7 @@ import dataclasses
 import itertools
 
 import numpy as np
+from scipy import special
 
 from ft_scaling.scaling import laws, lbfgs
 from ft_scaling.scaling.errors import ScalingInputError
@@ -36,6 +41,8 @@ GRID_RANGES = {
     "alpha": (0.0, 1.0),
     "beta": (0.0, 1.0),
     "E": (-3.0, 1.0),
+    # log D_l: D_l is compared with D_f^beta (1 .. 1e4 for the grids here), e^-2 .. e^12.
+    laws.PRE_LEARNED: (-2.0, 12.0),
 }
 _EPS = np.finfo(np.float64).eps
 
@@ -84,6 +91,31 @@ class Fit:
 
 
 @dataclasses.dataclass(frozen=True)
+class Rectifier:
+    """The rectified law's correction u -= softplus(log D_l + beta * slope) of the D_f terms.
+
+    `slope` is the design's beta column (-log D_f on the terms that carry D_f, 0 elsewhere);
+    `log_d_l` and `beta` index the free parameters.
+    """
+
+    log_d_l: int
+    beta: int
+    slope: np.ndarray  # [terms, points]
+
+    def __call__(self, theta: np.ndarray):
+        """(correction [rows, terms, points], d correction / d theta [rows, P]-sparse parts)."""
+        argument = theta[:, self.log_d_l, None, None] + theta[:, self.beta, None, None] * self.slope
+        # The terms that carry D_f (a D_f of 1 has slope 0 but is still rectified).
+        carries = np.any(self.slope != 0, axis=1, keepdims=True)
+        correction = -np.where(carries, np.logaddexp(0.0, argument), 0.0)
+        slope_of = -np.where(carries, special.expit(argument), 0.0)  # d correction / d log D_l
+        return correction, slope_of
+
+    def sliced(self, used: np.ndarray) -> "Rectifier":
+        return dataclasses.replace(self, slope=self.slope[:, used])
+
+
+@dataclasses.dataclass(frozen=True)
 class Problem:
     """Objective data in fitted coordinates, batched over replicates.
 
@@ -95,6 +127,7 @@ class Problem:
     offset: np.ndarray  # [replicates or 1, terms, points]
     target: np.ndarray  # [replicates, points]
     weight: np.ndarray  # [replicates, points]
+    rectifier: Rectifier | None = None  # the rectified law's D_l, when it is free
 
 
 class Objective:
@@ -109,12 +142,12 @@ class Objective:
             offset=problem.offset[..., used],
             target=problem.target[:, used],
             weight=problem.weight[:, used],
+            rectifier=problem.rectifier and problem.rectifier.sliced(used),
         )
         terms, points, params = problem.design.shape
         self.flat = problem.design.reshape(terms * points, params)
-        # The QR factor scaled so each whitened column has unit RMS over the stacked design.
-        _, r = np.linalg.qr(self.flat)
-        self.whiten = r / np.sqrt(terms * points)  # z = theta @ whiten.T
+        self.whiten = _whitening(self.flat)  # z = theta @ whiten.T
+        self.unwhiten = np.linalg.inv(self.whiten)  # theta = z @ unwhiten.T
         self.flat_z = np.linalg.solve(self.whiten.T, self.flat.T).T
         self.problem, self.options = problem, options
         self.shape = (terms, points)
@@ -126,6 +159,9 @@ class Objective:
         # A shared offset (no per-replicate fixed values) broadcasts instead of being gathered.
         offset = offset[replicate] if len(offset) > 1 else offset
         u = (z @ self.flat_z.T).reshape((len(z),) + self.shape) + offset
+        if self.problem.rectifier is not None:
+            correction, _ = self.problem.rectifier(z @ self.unwhiten.T)
+            u = u + correction
         if self.options.residual == "raw":
             du = np.exp(u)  # d L_hat / d u_k
             return du.sum(axis=1) - self.problem.target[replicate], du
@@ -134,6 +170,16 @@ class Objective:
         total = du.sum(axis=1)
         log_pred = np.log(total) + top[:, 0]
         return log_pred - self.log_target[replicate], du / total[:, None]  # softmax
+
+    def _rectifier_grad(self, z, coeff):
+        """d objective / d z through the rectifier: coeff [rows, terms, points] is d obj / d u."""
+        rectifier = self.problem.rectifier
+        _, slope_of = rectifier(z @ self.unwhiten.T)
+        grad_theta = np.zeros_like(z)
+        # d u / d log D_l = slope_of, d u / d beta = slope_of * slope (on top of the design's).
+        grad_theta[:, rectifier.log_d_l] = np.sum(coeff * slope_of, axis=(1, 2))
+        grad_theta[:, rectifier.beta] = np.sum(coeff * slope_of * rectifier.slope, axis=(1, 2))
+        return grad_theta @ self.unwhiten
 
     def __call__(self, z: np.ndarray, rows: np.ndarray):
         replicate = rows // self.starts_per_replicate
@@ -149,6 +195,8 @@ class Objective:
             value = np.sum(weight * rho, axis=1)
             coeff = (weight * psi)[:, None, :] * dres_du  # [rows, terms, points]
             grad = coeff.reshape(len(z), -1) @ self.flat_z
+            if self.problem.rectifier is not None:
+                grad = grad + self._rectifier_grad(z, coeff)
         value = np.where(np.isfinite(value), value, np.inf)
         return value, grad
 
@@ -157,6 +205,46 @@ class Objective:
         target = self.problem.target
         scale = target if self.options.residual == "raw" else 1.0 + np.abs(np.log(target))
         return 0.5 * np.sum(self.problem.weight * (16 * _EPS * scale) ** 2, axis=1)
+
+
+def _whitening(flat: np.ndarray) -> np.ndarray:
+    """[P, P] upper-triangular map z = theta @ W.T giving orthonormal-ish design columns.
+
+    The QR factor scaled so each whitened column has unit RMS over the stacked design; a column
+    the design never touches (log D_l, which enters only through the rectifier) stays unscaled.
+    """
+    touched = np.any(flat != 0, axis=0)
+    whiten = np.eye(flat.shape[1])
+    _, r = np.linalg.qr(flat[:, touched])
+    whiten[np.ix_(touched, touched)] = r / np.sqrt(len(flat))
+    return whiten
+
+
+def _rectifier(names, design, fixed: dict, free: list[int]):
+    """(Rectifier or None, constant offset [1 or replicates, terms, points] or None).
+
+    D_l and beta are both free (a Rectifier on the free coordinates) or both fixed (a constant
+    correction, e.g. stage 2 of the two-stage procedure); one without the other is refused.
+    """
+    names = list(names)
+    if laws.PRE_LEARNED not in names:
+        return None, None
+    if "beta" not in names:
+        raise ValueError(f"{laws.PRE_LEARNED} needs a parameter beta beside it; got {names}")
+    slope = design[..., names.index("beta")]  # [terms, points]: -log D_f where D_f enters
+    fixed_pair = [n in fixed for n in (laws.PRE_LEARNED, "beta")]
+    if all(fixed_pair):
+        log_d_l = np.log(np.ravel(fixed[laws.PRE_LEARNED]).astype(np.float64))
+        beta = np.ravel(fixed["beta"]).astype(np.float64)
+        theta = np.zeros((max(len(log_d_l), len(beta)), len(names)))
+        theta[:, names.index(laws.PRE_LEARNED)], theta[:, names.index("beta")] = log_d_l, beta
+        rectifier = Rectifier(names.index(laws.PRE_LEARNED), names.index("beta"), slope)
+        return None, rectifier(theta)[0]
+    if any(fixed_pair):
+        raise ValueError(f"fix both {laws.PRE_LEARNED} and beta or neither; fixed: {sorted(fixed)}")
+    free_names = [names[i] for i in free]
+    index = free_names.index(laws.PRE_LEARNED), free_names.index("beta")
+    return Rectifier(*index, slope), None
 
 
 def make_problem(names, design, target, weight=None, fixed=None) -> Problem:
@@ -179,12 +267,16 @@ def make_problem(names, design, target, weight=None, fixed=None) -> Problem:
         coord = np.array([laws.to_coord(name, v) for v in np.ravel(value)])  # [1 or replicates]
         column = design[..., list(names).index(name)]  # [terms, points]
         offset = offset + coord[:, None, None] * column[None]
+    rectifier, correction = _rectifier(names, design, fixed, free)
+    if correction is not None:
+        offset = offset + correction
     return Problem(
         names=tuple(names[i] for i in free),
         design=design[..., free],
         offset=offset,
         target=target,
         weight=np.ascontiguousarray(weight),
+        rectifier=rectifier,
     )
 
 
@@ -260,8 +352,9 @@ def check_identifiable(problem: Problem) -> None:
         raise ScalingInputError(
             f"{points} points cannot determine {free} parameters {problem.names}"
         )
-    flat = problem.design[:, problem.weight[0] > 0].reshape(-1, free)
-    if np.linalg.matrix_rank(flat) < free:
+    linear = [i for i, n in enumerate(problem.names) if laws.base_name(n) != laws.PRE_LEARNED]
+    flat = problem.design[:, problem.weight[0] > 0][..., linear].reshape(-1, len(linear))
+    if np.linalg.matrix_rank(flat) < len(linear):
         raise ScalingInputError(
             f"parameters {problem.names} are not identifiable from these points "
             "(a factor or D_f takes a single value)"

@@ -13,7 +13,7 @@ parses the flags: `table_fit.fit_table` fits, `report.write_outputs` writes.
 import argparse
 import sys
 
-from ft_scaling.scaling import fit, laws, procedure, report, table_fit
+from ft_scaling.scaling import bootstrap, fit, laws, procedure, report, table_fit
 from ft_scaling.scaling import results_table as tables
 from ft_scaling.scaling.errors import ScalingInputError
 
@@ -43,6 +43,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--starts", type=int, default=500, help="initialisation grid size")
     parser.add_argument("--bootstrap", type=int, default=200, help="replicates (0: off)")
+    parser.add_argument(
+        "--bootstrap_method", default="run", choices=bootstrap.METHODS,
+        help="redraw runs (run) or point means from the fitted law (parametric)",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--saturation_threshold",
@@ -67,7 +71,9 @@ def options(args: argparse.Namespace) -> table_fit.TableFitOptions:
         fit=fit.FitOptions(
             loss=args.loss, delta=args.delta, residual=args.residual, n_starts=args.starts
         ),
-        bootstrap=procedure.BootstrapOptions(replicates=args.bootstrap, seed=args.seed),
+        bootstrap=procedure.BootstrapOptions(
+            replicates=args.bootstrap, seed=args.seed, method=args.bootstrap_method
+        ),
         saturation_threshold=args.saturation_threshold,
     )
 

@@ -5,7 +5,17 @@ D_f the number of finetuning examples:
 
     multiplicative (the paper's, Eq. 1)   L = A * X^-alpha * D_f^-beta + E
     additive (Chinchilla-style)           L = E + A * X^-alpha + B * D_f^-beta
+    rectified (Lin et al. 2024, joint)    L = A / (X^alpha * (D_l + D_f^beta)) + E
     single factor (one curve per X)       L = A * D_f^-beta + E
+
+The rectified law is the rival of Lin, Huang, Ye et al., "Selecting Large Language Model to
+Fine-tune via Rectified Scaling Law" (ICML 2024, arXiv:2402.02314; rectified-scaling-law.github.io):
+L(D) = (B / (D_l + D^beta) + E)^a, with D_l the "pre-learned data size", a finetuning curve that
+starts flat (D^beta << D_l, their "pre-power phase") and turns into a power law. We use it with
+their outer exponent a = 1, the form comparable to the other laws here (the raw loss is a sum of
+power terms), and for one model (fixed X) exactly L = B / (D_l + D^beta) + E. The joint extension
+puts the model factor into the numerator, B = A X^-alpha, so at fixed X it is their form and at
+D_l = 0 it is the multiplicative law. D_l >= 0 is fitted as log D_l like the coefficients.
 
 Every law is a sum of exponentials of forms that are *linear* in the fitted coordinates
 theta = (log A, alpha, [log B,] beta, log E):
@@ -13,7 +23,14 @@ theta = (log A, alpha, [log B,] beta, log E):
     L = sum_k exp(u_k),   u_k = design[k] @ theta     e.g. u_0 = log A - alpha log X - beta log D_f
 
 so a `Law` is described by its design tensor [terms, points, params]. `fit.py` needs nothing
-else: value and gradient of any Huber objective follow from it in closed form. A joint law
+else: value and gradient of any Huber objective follow from it in closed form. The one
+exception is the rectified law's reducible term,
+
+    A X^-alpha / (D_l + D_f^beta) = exp(u_0 - softplus(log D_l - beta log D_f)),
+    u_0 = log A - alpha log X - beta log D_f       (the multiplicative design),
+
+whose correction `fit.py` adds wherever a parameter is named `D_l` (`PRE_LEARNED`); its
+column in the design is zero. A joint law
 (several factors sharing the D_f part, the paper's stage 1) is the same construction with the
 factor-specific columns repeated per factor (`joint_design`).
 """
@@ -32,6 +49,11 @@ def multiplicative(x, d_f, A, alpha, beta, E):  # noqa: N803 (the paper's names)
 def additive(x, d_f, A, alpha, B, beta, E):  # noqa: N803
     """The additive (Hoffmann et al. 2022) law L = E + A * X^-alpha + B * D_f^-beta."""
     return E + A * np.power(x, -alpha) + B * np.power(d_f, -beta)
+
+
+def rectified(x, d_f, A, alpha, beta, D_l, E):  # noqa: N803
+    """Joint rectified law L = A / (X^alpha (D_l + D_f^beta)) + E (Lin et al. 2024 at fixed X)."""
+    return A * np.power(x, -alpha) / (D_l + np.power(d_f, beta)) + E
 
 
 def single_factor(x, d_f, A, beta, E):  # noqa: N803
@@ -53,6 +75,14 @@ def _additive_terms(log_x, log_d):
     data_term = np.stack([zeros, zeros, ones, -log_d, zeros], axis=-1)
     irreducible = np.stack([zeros, zeros, zeros, zeros, ones], axis=-1)
     return np.stack([factor_term, data_term, irreducible])  # [3, points, 5]
+
+
+def _rectified_terms(log_x, log_d):
+    # The multiplicative design plus a zero column for log D_l, which enters only through
+    # fit.py's softplus correction of the D_f-dependent term.
+    multiplicative_terms = _multiplicative_terms(log_x, log_d)
+    zeros = np.zeros(multiplicative_terms.shape[:2] + (1,))
+    return np.concatenate([multiplicative_terms[..., :3], zeros, multiplicative_terms[..., 3:]], -1)
 
 
 def _single_terms(log_x, log_d):
@@ -109,6 +139,14 @@ LAWS = {
         function=additive,
         terms=_additive_terms,
     ),
+    "rectified": Law(
+        name="rectified",
+        param_names=("A", "alpha", "beta", "D_l", "E"),
+        log_params=frozenset({"A", "D_l", "E"}),
+        factor_params=("A", "alpha"),
+        function=rectified,
+        terms=_rectified_terms,
+    ),
     "single": Law(
         name="single",
         param_names=("A", "beta", "E"),
@@ -127,6 +165,10 @@ def get_law(name: str) -> Law:
     return LAWS[name]
 
 
+PRE_LEARNED = "D_l"  # the rectified law's pre-learned data size (see the module docstring)
+LOG_COORDINATES = ("A", "B", "E", PRE_LEARNED)  # fitted as logs: they must be positive
+
+
 def base_name(name: str) -> str:
     """'A[model_params]' -> 'A'; plain names are returned unchanged."""
     return name.split("[", 1)[0]
@@ -138,8 +180,8 @@ def to_theta(names: Sequence[str], params: Mapping[str, float]) -> np.ndarray:
 
 
 def to_coord(name: str, value: float) -> float:
-    """One natural value -> its fitted coordinate (log for coefficients A, B, E)."""
-    if base_name(name) in ("A", "B", "E"):
+    """One natural value -> its fitted coordinate (log for A, B, E and D_l)."""
+    if base_name(name) in LOG_COORDINATES:
         if not value > 0:
             raise ValueError(f"coefficient {name} must be positive, got {value}")
         return float(np.log(value))
@@ -147,8 +189,8 @@ def to_coord(name: str, value: float) -> float:
 
 
 def from_theta(names: Sequence[str], theta: np.ndarray) -> np.ndarray:
-    """Fitted coordinates [..., P] -> natural values [..., P] (exp of the log coefficients)."""
-    is_log = np.array([base_name(n) in ("A", "B", "E") for n in names])
+    """Fitted coordinates [..., P] -> natural values [..., P] (exp of the log coordinates)."""
+    is_log = np.array([base_name(n) in LOG_COORDINATES for n in names])
     return np.where(is_log, np.exp(np.where(is_log, theta, 0.0)), theta)
 
 

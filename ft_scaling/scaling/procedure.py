@@ -10,7 +10,8 @@ and method. Runs at the same (X, D_f) form a point; the fit uses the mean of a p
     free:                   every factor's law fitted with all parameters free
     single:                 L = A D_f^-beta + E fitted for each factor value separately
 
-Bootstrap intervals come from `bootstrap.py` (by run, shared by all sweeps of a setting).
+Bootstrap intervals come from `bootstrap.py` (parametric or by run; one redraw per replicate
+shared by all sweeps of a setting, so the two stages see the same replicate data).
 """
 
 import dataclasses
@@ -100,6 +101,17 @@ def deviation(law: laws.Law, params, points: Points, held_out: bool) -> float:
 
 
 @dataclasses.dataclass(frozen=True)
+class Prediction:
+    """The fitted law at one held-out point: measured mean, prediction and its interval."""
+
+    x: float
+    d_f: float
+    measured: float
+    predicted: float
+    interval: tuple[float, float]  # bootstrap interval of the prediction (NaN without one)
+
+
+@dataclasses.dataclass(frozen=True)
 class FactorFit:
     """One factor's fitted law, its errors and bootstrap intervals (all values unrounded)."""
 
@@ -113,6 +125,12 @@ class FactorFit:
     delta_h: float
     bootstrap: np.ndarray  # [replicates, law params] natural values; NaN where a refit failed
     intervals: dict[str, tuple[float, float]]
+    held_out: tuple[Prediction, ...] = ()  # every held-out point, in point order
+
+    @property
+    def farthest_held_out(self) -> Prediction | None:
+        """The held-out prediction at the largest X, then the largest D_f (None without one)."""
+        return max(self.held_out, key=lambda p: (p.x, p.d_f), default=None)
 
     @property
     def bootstrap_ok(self) -> int:
@@ -141,7 +159,7 @@ class _Part:
 
 
 def _draws(parts, boot: BootstrapOptions):
-    if boot.replicates <= 0:
+    if boot.replicates <= 0 or boot.method != "run":
         return None
     fitting = [p.sweep.run_id[~p.points.held_out[p.index]] for p in parts]
     every = [p.sweep.run_id for p in parts]
@@ -150,32 +168,61 @@ def _draws(parts, boot: BootstrapOptions):
     )
 
 
-def _replicate_data(parts, draws):
-    pairs = [
-        boot_lib.replicate_points(
-            p.sweep.run_id, p.sweep.loss, p.index, p.points.runs, p.points.held_out, draws
-        )
-        for p in parts
-    ]
-    return np.concatenate([v for v, _ in pairs], 1), np.concatenate([w for _, w in pairs], 1)
+def _replicate_data(law, parts, fitted, free_params, boot):
+    """{factor: (values, weights) [replicates, points]} of the setting's bootstrap, or None.
+
+    `fitted` holds each part's main-fit params (the reported law); `free_params` counts the
+    parameters the setting's main fits estimated from these points (for the noise estimate).
+    """
+    if boot.replicates <= 0:
+        return None
+    if boot.method == "run":
+        draws = _draws(list(parts.values()), boot)
+        return {
+            factor: boot_lib.replicate_points(
+                p.sweep.run_id, p.sweep.loss, p.index, p.points.runs, p.points.held_out, draws
+            )
+            for factor, p in parts.items()
+        }
+    pairs = boot_lib.parametric_points(
+        [law(p.points.x, p.points.d_f, fitted[f]) for f, p in parts.items()],
+        [p.points.held_out for p in parts.values()],
+        [p.points.loss for p in parts.values()],
+        free_params,
+        boot,
+    )
+    return dict(zip(parts, pairs, strict=True))
 
 
-def _fit_part(names, design, parts, fixed, fixed_boot, draws, options, boot):
-    """Main fit of a design over `parts`, plus its bootstrap refits ([replicates, names])."""
+def _main_fit(names, design, parts, fixed, options) -> fit.Fit:
     target = np.concatenate([p.points.loss for p in parts])
     weight = np.concatenate([~p.points.held_out for p in parts]).astype(float)
     problem = fit.make_problem(names, design, target, weight, fixed)
-    main = fit.fit_problem(names, problem, fixed, options)
-    if draws is None:
-        return main, np.full((0, len(names)), np.nan)
-    values, weights = _replicate_data(parts, draws)
+    return fit.fit_problem(names, problem, fixed, options)
+
+
+def _refits(names, design, main, data, fixed_boot, options, boot) -> np.ndarray:
+    """[replicates, names] bootstrap refits of `main` on per-part replicate `data`."""
+    if data is None:
+        return np.full((0, len(names)), np.nan)
+    values = np.concatenate([v for v, _ in data], 1)
+    weights = np.concatenate([w for _, w in data], 1)
     starts = boot_lib.replicate_starts(main, boot)
-    return main, boot_lib.refit(names, design, values, weights, fixed_boot or {}, starts, options)
+    return boot_lib.refit(names, design, values, weights, fixed_boot or {}, starts, options)
+
+
+def _law_params(main: fit.Fit, names, factor: str) -> dict[str, float]:
+    """The law's own parameters for `factor` out of a (possibly joint) fit's names."""
+    return {laws.base_name(n): main.params[n] for n in _own_names(names, factor)}
+
+
+def _own_names(names, factor: str) -> list[str]:
+    return [n for n in names if n.endswith(f"[{factor}]") or "[" not in n]
 
 
 def _factor_fit(law, factor, value, main, part, samples, names, boot) -> FactorFit:
     """Maps a fit's (possibly joint) parameter names onto the law's own names."""
-    rename = {n: laws.base_name(n) for n in names if n.endswith(f"[{factor}]") or "[" not in n}
+    rename = {n: laws.base_name(n) for n in _own_names(names, factor)}
     columns = [names.index(n) for n in rename]
     params = {rename[n]: main.params[n] for n in rename}
     law_samples = samples[:, columns]
@@ -190,6 +237,19 @@ def _factor_fit(law, factor, value, main, part, samples, names, boot) -> FactorF
         delta_h=deviation(law, params, part.points, held_out=True),
         bootstrap=law_samples,
         intervals=boot_lib.intervals(list(params), law_samples, boot.level),
+        held_out=_predictions(law, params, part.points, law_samples, boot.level),
+    )
+
+
+def _predictions(law, params, points: Points, samples, level) -> tuple[Prediction, ...]:
+    """The law and its bootstrap interval at every held-out point."""
+    held = points.held_out
+    x, d_f = points.x[held], points.d_f[held]
+    predicted = law(x, d_f, params)
+    bounds = boot_lib.law_intervals(law, list(params), samples, x, d_f, level)
+    return tuple(
+        Prediction(float(a), float(b), float(m), float(p), (float(lo), float(hi)))
+        for a, b, m, p, (lo, hi) in zip(x, d_f, points.loss[held], predicted, bounds, strict=True)
     )
 
 
@@ -216,7 +276,6 @@ def _design(law, parts, factors):
 
 
 def _two_stage(law, parts, options, boot, report) -> tuple[fit.Fit, dict[str, FactorFit]]:
-    draws = _draws(list(parts.values()), boot)
     stage1_factors = [f for f in STAGE1_FACTORS if f in parts]
     if not stage1_factors:
         raise ScalingInputError(
@@ -225,32 +284,51 @@ def _two_stage(law, parts, options, boot, report) -> tuple[fit.Fit, dict[str, Fa
         )
     stage1_parts = [parts[f] for f in stage1_factors]
     names, design = _design(law, stage1_parts, stage1_factors)
-    stage1, samples1 = _fit_part(names, design, stage1_parts, None, None, draws, options, boot)
+    stage1 = _main_fit(names, design, stage1_parts, None, options)
     shared = {p: stage1.params[p] for p in law.shared_params}
+    stage2 = {}
+    for factor in report:
+        names2, design2 = _design(law, [parts[factor]], [factor])
+        stage2[factor] = (names2, design2, _main_fit(names2, design2, [parts[factor]], shared,
+                                                     options))  # fmt: skip
+    # The parametric redraw centres on the reported law of each sweep (stage 2), or stage 1's
+    # where a stage-1 sweep is not reported; shared parameters count once.
+    fitted = {f: _law_params(stage1, names, f) for f in stage1_factors}
+    fitted.update({f: _law_params(main, n, f) for f, (n, _, main) in stage2.items()})
+    free = len(law.shared_params) + len(law.factor_params) * len(set(stage1_factors) | set(report))
+    # Runs are redrawn from every sweep of the setting (as the recorded fits did); the
+    # parametric redraw needs a fitted law, so only fitted sweeps.
+    chosen = {f: parts[f] for f in dict.fromkeys([*stage1_factors, *report])}
+    data = _replicate_data(law, parts if boot.method == "run" else chosen, fitted, free, boot)
+    samples1 = _refits(names, design, stage1, data and [data[f] for f in stage1_factors], None,
+                       options, boot)  # fmt: skip
     shared_boot = {p: samples1[:, names.index(p)] for p in law.shared_params}
     # Replicates whose stage 1 failed carry NaN into stage 2; hold them at the main fit and
     # mark them failed afterwards.
     failed = ~np.all(np.isfinite(samples1), axis=1)
     shared_boot = {p: np.where(failed, shared[p], v) for p, v in shared_boot.items()}
     results = {}
-    for factor in report:
-        part = parts[factor]
-        names2, design2 = _design(law, [part], [factor])
-        main, samples = _fit_part(
-            names2, design2, [part], shared, shared_boot, draws, options, boot
-        )
+    for factor, (names2, design2, main) in stage2.items():
+        samples = _refits(names2, design2, main, data and [data[factor]], shared_boot, options,
+                          boot)  # fmt: skip
         samples[failed] = np.nan
-        results[factor] = _factor_fit(law, factor, None, main, part, samples, names2, boot)
+        results[factor] = _factor_fit(law, factor, None, main, parts[factor], samples, names2,
+                                      boot)  # fmt: skip
     return stage1, results
 
 
 def _free(law, parts, options, boot) -> dict[str, FactorFit]:
-    draws = _draws(list(parts.values()), boot)
-    results = {}
+    fits = {}
     for factor, part in parts.items():
         names, design = _design(law, [part], [factor])
-        main, samples = _fit_part(names, design, [part], None, None, draws, options, boot)
-        results[factor] = _factor_fit(law, factor, None, main, part, samples, names, boot)
+        fits[factor] = (names, design, _main_fit(names, design, [part], None, options))
+    fitted = {f: _law_params(main, n, f) for f, (n, _, main) in fits.items()}
+    data = _replicate_data(law, parts, fitted, len(law.param_names) * len(parts), boot)
+    results = {}
+    for factor, (names, design, main) in fits.items():
+        samples = _refits(names, design, main, data and [data[factor]], None, options, boot)
+        results[factor] = _factor_fit(law, factor, None, main, parts[factor], samples, names,
+                                      boot)  # fmt: skip
     return results
 
 
@@ -276,11 +354,12 @@ def _single(law, sweeps, rule, options, boot) -> dict[str, FactorFit]:
                 ),
                 len(law.param_names),
             )
-            draws = _draws([part], boot)
             design = law.terms(np.log(points.x), np.log(points.d_f))
-            main, samples = _fit_part(
-                law.param_names, design, [part], None, None, draws, options, boot
-            )
+            main = _main_fit(law.param_names, design, [part], None, options)
+            data = _replicate_data(law, {factor: part}, {factor: main.params},
+                                   len(law.param_names), boot)  # fmt: skip
+            samples = _refits(law.param_names, design, main, data and [data[factor]], None,
+                              options, boot)  # fmt: skip
             key = f"{factor}={value:g}"
             results[key] = _factor_fit(
                 law, factor, float(value), main, part, samples, law.param_names, boot

@@ -199,9 +199,13 @@ def _saturations(setting: procedure.SettingFit, threshold: float) -> dict:
 
 
 def _exponents(setting: procedure.SettingFit) -> dict[tuple[str, str], float]:
-    """P(alpha_a > alpha_b) between the joint-law factors, over paired bootstrap replicates."""
+    """P(alpha_a > alpha_b) between the joint-law factors, over paired bootstrap replicates;
+    an alpha these runs do not identify (`analysis.exponent_identified`) is not ranked."""
     samples = {}
     for key, factor_fit in setting.factors.items():
+        alpha = factor_fit.intervals.get("alpha")
+        if alpha is not None and analysis.exponent_identified(alpha) is False:
+            continue
         if factor_fit.value is None and "alpha" in factor_fit.params:
             samples[key] = factor_fit.bootstrap[:, list(factor_fit.params).index("alpha")]
     return analysis.exponent_comparison(samples)

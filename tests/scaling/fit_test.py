@@ -77,6 +77,60 @@ def test_one_percent_noise_twenty_draws():
     assert np.all(np.array(delta_h) <= 2 * noise_level)
 
 
+def test_noiseless_recovery_rectified_law_and_its_multiplicative_limit():
+    """Lin et al.'s pre-learned data size D_l: recovered where the curve bends (D_f^beta ~ D_l),
+    driven towards 0 on multiplicative data; with D_l and beta fixed the rest is refitted."""
+    d_f = np.geomspace(1e2, 1e6, 7)
+    x, d = (a.ravel() for a in np.meshgrid(MODEL_SIZES, d_f, indexing="ij"))
+    truth = {"A": 50.0, "alpha": 0.1, "beta": 0.4, "D_l": 30.0, "E": 0.8}
+    fitted = fit.fit_law("rectified", x, d, laws.rectified(x, d, **truth))
+    assert fitted.converged and _max_relative_error(fitted.params, truth) < 1e-6
+    fixed = {"beta": 0.4, "D_l": 30.0, "E": 0.8}
+    partly = fit.fit_law("rectified", x, d, laws.rectified(x, d, **truth), fixed=fixed)
+    assert partly.free == ("A", "alpha") and _max_relative_error(partly.params, truth) < 1e-9
+    plain = fit.fit_law("rectified", x, d, laws.multiplicative(x, d, 50.0, 0.1, 0.4, 0.8))
+    assert plain.params["D_l"] < 1e-4  # D_f^0.4 at the smallest D_f is 6.3: D_l negligible
+    # log D_l only drifts towards -inf (its gradient vanishes with D_l), so the fit stops at a
+    # small D_l that leaves beta off by ~1e-6.
+    assert plain.params["beta"] == pytest.approx(0.4, rel=1e-5)
+    with pytest.raises(ValueError, match="fix both D_l and beta or neither"):
+        fit.fit_law("rectified", x, d, laws.rectified(x, d, **truth), fixed={"D_l": 30.0})
+
+
+@pytest.mark.parametrize("residual", ["raw", "log"])
+def test_rectified_objective_gradient_matches_finite_differences(residual):
+    """The softplus correction's gradient (log D_l and beta) through the whitening, at points
+    on both sides of the bend D_f^beta = D_l, with Huber residuals on either side of delta."""
+    law = laws.get_law("rectified")
+    d_f = np.geomspace(1.0, 1e6, 7)  # D_f = 1: log D_f = 0, still rectified
+    x, d = (a.ravel() for a in np.meshgrid(MODEL_SIZES, d_f, indexing="ij"))
+    truth = {"A": 50.0, "alpha": 0.1, "beta": 0.4, "D_l": 30.0, "E": 0.8}
+    target = laws.rectified(x, d, **truth) * np.exp(0.01 * np.random.default_rng(0).normal(
+        size=len(x)))  # fmt: skip
+    problem = fit.make_problem(law.param_names, law.terms(np.log(x), np.log(d)), target)
+    objective = fit.Objective(problem, fit.FitOptions(residual=residual), 1)
+    theta = laws.to_theta(law.param_names, {**truth, "beta": 0.37, "D_l": 12.0})[None]
+    z = theta @ objective.whiten.T
+    rows = np.zeros(1, int)
+    _, grad = objective(z, rows)
+    step = 1e-6
+    numeric = [
+        (objective(z + step * e, rows)[0] - objective(z - step * e, rows)[0])[0] / (2 * step)
+        for e in np.eye(z.shape[1])
+    ]
+    assert grad[0] == pytest.approx(numeric, rel=1e-5, abs=1e-9)
+    # The law the objective fits is laws.rectified, D_f = 1 included.
+    check = fit.Objective(
+        fit.make_problem(
+            law.param_names, law.terms(np.log(x), np.log(d)), laws.rectified(x, d, **truth)
+        ),
+        fit.FitOptions(),
+        1,
+    )
+    value, _ = check(laws.to_theta(law.param_names, truth)[None] @ check.whiten.T, rows)
+    assert value[0] == pytest.approx(0.0, abs=1e-20)
+
+
 def test_huber_resists_outliers_where_least_squares_does_not():
     truth = {"A": 3e4, "alpha": 0.45, "beta": 0.3, "E": 0.9}
     loss = laws.multiplicative(X, D_F, **truth)

@@ -19,11 +19,14 @@ TESTDATA = os.path.join(os.path.dirname(__file__), "testdata")
 # Written by `ft-scaling fit` before fit_table existed (the CLI then built every part itself):
 #   ft-scaling fit results.csv --factor model_params,trainable_params --starts 16
 #       --bootstrap 8 --no_plots --out OUT
+# (the bootstrap then redrew runs: `--bootstrap_method run` now)
 # on the rows of `_paper_rows()`. fmt has one PET size, so it is skipped; prompt and lora are
 # fitted and compared on both factors.
 BEFORE = os.path.join(TESTDATA, "fit_cli_before_table_fit.json")
 # Keys whose value rests on how many of the 16 starts converge, which floating-point noise of
 # another CPU may change for a start at the tolerance: the fitted values are compared instead.
+# For the same reason a converged status may name either stopping rule (gtol or ftol): on one
+# machine the recorded code itself stops a stage-2 fit by ftol, not gtol.
 START_COUNTS = ("n_converged_starts",)
 
 
@@ -35,29 +38,33 @@ def _paper_rows() -> list[dict]:
     return rows
 
 
+# Keys fit.json gained after the recorded file (issue 16: exponent identification, held-out
+# predictions with intervals). They come after the old keys, so an old file is a prefix.
+ADDED_KEYS = ("identified", "held_out_predictions", "bootstrap_method")
+
+
 def _assert_matches(actual, expected, where="fit.json"):
-    """Same structure and strings; numbers equal to 1e-6 (relative)."""
+    """Same structure and strings; numbers equal to 1e-6 (relative); keys added since last."""
     if isinstance(expected, dict):
-        assert isinstance(actual, dict) and list(actual) == list(expected), where
+        assert isinstance(actual, dict), where
+        added = [k for k in actual if k not in expected]
+        assert list(actual) == list(expected) + added and set(added) <= set(ADDED_KEYS), where
         for key in expected:
-            if key == "status" and _both_converged(actual[key], expected[key]):
-                continue
-            if key not in START_COUNTS:
+            if key == "status" and str(expected[key]).startswith("converged_"):
+                assert str(actual[key]).startswith("converged_"), f"{where}.{key}"
+            elif key not in START_COUNTS:
                 _assert_matches(actual[key], expected[key], f"{where}.{key}")
     elif isinstance(expected, list):
         assert isinstance(actual, list) and len(actual) == len(expected), where
         for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
             _assert_matches(a, e, f"{where}[{i}]")
     elif isinstance(expected, float) and not isinstance(actual, bool):
-        assert actual == pytest.approx(expected, rel=1e-6, abs=1e-12), where
+        # The closed form's H = exp(log-coefficient ratio / exponent gap) multiplies a fit's
+        # last-bit differences (gtol vs ftol stops) by ~10: 1.2e-6 measured on one CPU.
+        rel = 1e-5 if ".closed_form." in where else 1e-6
+        assert actual == pytest.approx(expected, rel=rel, abs=1e-12), where
     else:
         assert actual == expected, where
-
-
-def _both_converged(actual, expected) -> bool:
-    """L-BFGS may stop on the gradient test on one CPU and on the loss test on another (float
-    arithmetic differs in the last bits between instruction sets); both are convergence."""
-    return str(actual).startswith("converged") and str(expected).startswith("converged")
 
 
 @pytest.fixture(scope="module")
@@ -72,11 +79,12 @@ def paper_fit(tmp_path_factory):
     options = table_fit.TableFitOptions(
         factors=("model_params", "trainable_params"),
         fit=fit.FitOptions(n_starts=16),
-        bootstrap=BootstrapOptions(replicates=8),
+        bootstrap=BootstrapOptions(replicates=8, method="run"),
     )
     result = table_fit.fit_table(tables.read_table(str(path)), options)
     argv = [str(path), "--factor", "model_params,trainable_params", "--starts", "16",
-            "--bootstrap", "8", "--no_plots", "--out", str(out)]  # fmt: skip
+            "--bootstrap", "8", "--bootstrap_method", "run",
+            "--no_plots", "--out", str(out)]  # fmt: skip
     assert fit_cli.main(argv) == 0
     with open(out / "fit.json") as handle:
         written = json.load(handle)
@@ -90,6 +98,18 @@ def test_fit_table_equals_what_the_cli_wrote_before(paper_fit):
         before = json.load(handle)
     config = report.config_summary(result.options, "results.csv", plots=False)
     document = report.document(result, config)
+    # Since issue 16 an alpha whose interval spans zero or a factor of 3 is not ranked: the
+    # PET-size alpha of these runs (about 0) drops out of the recorded comparisons.
+    dropped = 0
+    for actual, recorded in zip(document["settings"], before["settings"], strict=True):
+        unidentified = [
+            k for k, f in actual["factors"].items() if f["identified"]["alpha"] is False
+        ]
+        comparison = recorded["exponent_comparison"]
+        keep = {k: v for k, v in comparison.items() if not any(f"[{u}]" in k for u in unidentified)}
+        dropped += len(comparison) - len(keep)
+        recorded["exponent_comparison"] = keep
+    assert dropped == 4  # both directions, in both settings (lora and prompt)
     _assert_matches(document, before)
 
 
