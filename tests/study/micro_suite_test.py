@@ -109,13 +109,15 @@ def test_micro_suite_study_end_to_end(study):
         by_size = [default[size, "step24"] for size in tiny_suite.SIZES]
         assert by_size == sorted(by_size, reverse=True) and len(set(by_size)) == 3
 
-    with open(os.path.join(out, "fit_multiplicative", "fit.json")) as f:
-        fits = json.load(f)
-    (setting,) = fits["settings"]
-    factors = list(setting["factors"].values())
-    assert {f["factor"] for f in factors} == {"model_params", "pretrain_tokens", "trainable_params"}
-    for factor in factors:
-        assert all(math.isfinite(v) for v in factor["params"].values()), factor
-        # The paper's two stages: one beta and E for the method, shared by its factors.
-        for name in ("beta", "E"):
-            assert factor["params"][name] == factors[0]["params"][name]
+    for law in ("multiplicative", "additive"):
+        with open(os.path.join(out, f"fit_{law}", "fit.json")) as f:
+            (setting,) = json.load(f)["settings"]
+        factors = list(setting["factors"].values())
+        names = {f["factor"] for f in factors}
+        assert names == {"model_params", "pretrain_tokens", "trainable_params"}, law
+        for factor in factors:
+            assert factor["fit"]["converged"], (law, factor)
+            assert all(math.isfinite(v) for v in factor["params"].values()), (law, factor)
+            # The paper's two stages: the D_f part and E, fitted once, shared by the factors.
+            for name in ("beta", "E"):
+                assert factor["params"][name] == factors[0]["params"][name], (law, name)
