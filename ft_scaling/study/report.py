@@ -1,14 +1,14 @@
 """The study report: results table, fitted laws, plots, and the paper's questions answered.
 
 stores (*.sqlite) -> results.csv, and the finished rows -> `table_fit.fit_table` (multiplicative,
-two stages: the paper's procedure; the additive law as a rival), whose outputs go to
+two stages: the paper's procedure; the additive and rectified laws as rivals), whose outputs go to
 fit_<law>/ as `ft-scaling fit` writes them -> report.md with
   runs (finished / failed, with errors)
   where the time went: wall time per phase summed per method (`time_report`)
   generation metrics (BLEU, chrF, ROUGE-L of decoded test examples) per method, model and D_f,
     mean over seeds, when the study decoded them (`Study.generation_metrics`)
   fitted laws per method and factor (params, Δe, Δh, bootstrap intervals) and plots
-  Q1 does the multiplicative law fit (Δh, and against the additive law)?
+  Q1 does the multiplicative law fit (Δh, and against the additive and rectified laws)?
   Q2 is α for model size larger than for pretraining data?
   Q3 does PET parameter scaling help (|α_t| small)?
   critical finetuning data sizes between methods
@@ -34,7 +34,7 @@ from ft_scaling.study import time_report
 
 PET_SCALING_THRESHOLD = 0.01  # the paper's "|alpha_t| << 1e-2" (PAPER.md §6)
 SATURATION_THRESHOLD = 0.01  # 1% less loss per doubling of D_f (issue 9's example)
-LAWS = ("multiplicative", "additive")
+LAWS = ("multiplicative", "additive", "rectified")  # the first is the paper's, the rest rivals
 # Factors to fit, tried in turn: when a sweep cannot be fitted, the others still are.
 FACTOR_FALLBACKS = (None, ("model_params", "pretrain_tokens"), ("model_params",))
 GENERATION_METRICS = {"bleu": "BLEU", "chrf": "chrF", "rouge_l": "ROUGE-L"}
@@ -146,8 +146,8 @@ def _fit_sections(fits: dict[str, LawFit]) -> list[str]:
     lines = [line for note in main.notes for line in (f"Not fitted: {note}", "")]
     lines += _fits_section(main)
     lines += saturation_section(main.result.settings)
-    additive = fits.get("additive")
-    return lines + _questions(main.result, additive.result if additive else None)
+    rivals = {law: fits[law].result for law in LAWS[1:] if law in fits}
+    return lines + _questions(main.result, rivals)
 
 
 def _fits_section(main: LawFit) -> list[str]:
@@ -244,9 +244,9 @@ def _mean_delta(result: table_fit.TableFit | None, key: str) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
-def _questions(result: table_fit.TableFit, additive: table_fit.TableFit | None) -> list[str]:
+def _questions(result: table_fit.TableFit, rivals: dict) -> list[str]:
     lines = ["## The paper's questions, answered from these runs", ""]
-    lines += [_q1(result, additive), ""]
+    lines += [_q1(result, rivals), ""]
     lines.append("**Q2. Is α for model size larger than for pretraining data?**")
     for method in _methods(result):
         model = _factor(result, method, "model_params")
@@ -254,6 +254,12 @@ def _questions(result: table_fit.TableFit, additive: table_fit.TableFit | None) 
         if model is not None and tokens is not None:
             a_m, a_p = model.params["alpha"], tokens.params["alpha"]
             verdict = "yes" if a_m > a_p else "no"
+            pair = (("α_m", model), ("α_p", tokens))
+            unidentified = [
+                n for n, f in pair if analysis.exponent_identified(f.intervals["alpha"]) is False
+            ]
+            if unidentified:  # its interval spans zero or a factor of 3: not ranked
+                verdict = f"{' and '.join(unidentified)} {analysis.NOT_IDENTIFIED}; not ranked"
             lines.append(f"- {method}: α_m = {a_m:.4g}, α_p = {a_p:.4g} → {verdict}")
     lines += [
         "",
@@ -269,19 +275,31 @@ def _questions(result: table_fit.TableFit, additive: table_fit.TableFit | None) 
     return lines + [""]
 
 
-def _q1(result: table_fit.TableFit, additive: table_fit.TableFit | None) -> str:
-    mult, add = _mean_delta(result, "delta_h"), _mean_delta(additive, "delta_h")
-    fit_e, add_e = _mean_delta(result, "delta_e"), _mean_delta(additive, "delta_e")
+# A rival extrapolates "better" only by more than this (relative Δh): the rectified law nests
+# the multiplicative one (D_l = 0) and otherwise wins by optimiser noise.
+BETTER_BY = 0.01
+
+
+def _q1(result: table_fit.TableFit, rivals: dict[str, table_fit.TableFit | None]) -> str:
+    """Δe and Δh of the multiplicative law beside each rival law's, on the same points."""
+    mult, fit_e = _mean_delta(result, "delta_h"), _mean_delta(result, "delta_e")
+    errors = {
+        law: (_mean_delta(r, "delta_e"), _mean_delta(r, "delta_h")) for law, r in rivals.items()
+    }
+    rival_e = "; ".join(f"{law} law: {e:.4g}" for law, (e, _) in errors.items())
+    rival_h = "; ".join(f"{law}: {h:.4g}" for law, (_, h) in errors.items())
     q1 = (
         f"**Q1. Does the multiplicative joint law fit?** Mean fitting error Δe = {fit_e:.4g} "
-        f"(additive law: {add_e:.4g}); mean held-out error Δh = {mult:.4g} (additive: "
-        f"{add:.4g}). "
+        f"({rival_e}); mean held-out error Δh = {mult:.4g} ({rival_h}). "
     )
-    if math.isnan(mult) or math.isnan(add):
+    held = {law: h for law, (_, h) in errors.items() if not math.isnan(h)}
+    if math.isnan(mult) or not held:
         return q1 + "No held-out points, so extrapolation is not measured."
-    if mult <= add:
-        return q1 + "The multiplicative law extrapolates at least as well as the additive law."
-    return q1 + "The additive law extrapolates better on these runs."
+    better = [law for law, h in held.items() if h < (1.0 - BETTER_BY) * mult]
+    if not better:
+        named = " and ".join(held) + (" laws" if len(held) > 1 else " law")
+        return q1 + f"The multiplicative law extrapolates about as well as the {named} or better."
+    return q1 + f"The {min(better, key=held.get)} law extrapolates better on these runs."
 
 
 def _metric_value(row: dict, name: str) -> float | None:
