@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import jax.extend.core as jex_core
 import jax.numpy as jnp
@@ -38,10 +39,16 @@ CONFIG = configs.ModelConfig(
     vocab_size=96, num_layers=1, num_heads=4, num_kv_heads=1, head_dim=8, embed_dim=32, mlp_dim=64
 )
 LENGTH, BATCH, STEPS = 8, 4, 3
+# Attention (one with a single kv head) and MLP projections; fewer than all seven keeps the
+# steps' compiles short.
+LORA_TARGETS = ("attention/(query|value)$", "mlp/wo$")
 SEEDS, RATES = (0, 1, 2), (3e-2, 1e-2, 5e-3)
 CASES = {
     "lora": (
-        [lora.LoRA(rank=r, alpha=a, dropout_rate=0.1) for r, a in ((4, 8.0), (8, 8.0), (16, 32.0))],
+        [
+            lora.LoRA(rank=r, alpha=a, dropout_rate=0.1, targets=LORA_TARGETS)
+            for r, a in ((4, 8.0), (8, 8.0), (16, 32.0))
+        ],
         optimizers.OptimizerSettings("adamw", weight_decay=0.01, clip_norm=1.0),
     ),
     "prompt": ([prompt.PromptTuning(prompt_length=4)] * 3, optimizers.OptimizerSettings("sgd")),
@@ -49,6 +56,7 @@ CASES = {
     "fmt": ([full.FullModelTuning()] * 3, optimizers.OptimizerSettings("adamw", clip_norm=None)),
 }
 RTOL, ATOL, STATE_ATOL = 1e-5, 1e-7, 3e-5
+LOOSE_FRACTION, LOOSE_RATE = 0.005, 0.05  # Deviation's docstring
 
 
 def _batch(seed: int, step: int) -> dict:
@@ -68,21 +76,48 @@ def _rate(run: int, step: int) -> np.float32:
     return np.float32(RATES[run % len(RATES)] * (1.0 - 0.2 * step))
 
 
-def _solo_state(method, settings, seed, base_params, mesh, rules):
-    """A run's state as checkpoints.restore_or_initialize builds it from a base checkpoint."""
+def _solo_state(method, settings, seed, base_params, mesh, rules, fresh=False):
+    """(state, frozen) of a solo run from `base_params`.
+
+    fresh: as checkpoints.restore_or_initialize starts a run from a base checkpoint (a jitted
+    init per model: seconds of compile each). Otherwise the method's own params are random
+    numpy values (LoRA's B nonzero, so both factors train from step 0): a state a run could
+    resume from, and no compile.
+    """
     rng = jax.random.PRNGKey(seed)
     model = method.wrap(decoder.Decoder(CONFIG))
-    params = trainer.init_params(model, jax.random.fold_in(rng, 1), LENGTH, mesh, rules)
-    params = checkpoints.initial_params(params, base_params, method.is_method_param)
-    params = method.after_restore(params, jax.random.fold_in(rng, 2))
+    if fresh:
+        params = trainer.init_params(model, jax.random.fold_in(rng, 1), LENGTH, mesh, rules)
+        params = checkpoints.initial_params(params, base_params, method.is_method_param)
+        params = method.after_restore(params, jax.random.fold_in(rng, 2))
+    else:
+        values = np.random.default_rng(seed)
+        draw = lambda path, x: 0.1 * values.standard_normal(x.shape).astype(np.float32)
+        params = _host_params(model, mesh, rules, draw)
+        params = checkpoints.initial_params(params, base_params, method.is_method_param)
     mask = method.trainable_mask(params)
     state, frozen = trainer.create_state(params, mask, settings, jax.random.fold_in(rng, 3), mesh)
     # Own buffers: leaves restored from one base share theirs, and solo steps donate the state.
     return jax.tree.map(jnp.copy, state), frozen
 
 
+def _host_params(model, mesh, rules, draw):
+    """`model`'s params drawn on the host by draw(path, abstract leaf), put on their shardings."""
+    boxed = trainer.abstract_params(model, LENGTH)
+    shardings = nn.meta.unbox(partitioning.param_shardings(boxed, mesh, rules))
+    drawn = jax.tree_util.tree_map_with_path(draw, nn.meta.unbox(boxed))
+    return jax.device_put(drawn, shardings)
+
+
 def _base(mesh, rules):
-    return trainer.init_params(decoder.Decoder(CONFIG), jax.random.PRNGKey(99), LENGTH, mesh, rules)
+    """Random base params (norm scales near 1), without an init compile."""
+    values = np.random.default_rng(99)
+
+    def draw(path, x):
+        noise = values.standard_normal(x.shape).astype(np.float32)
+        return 1.0 + 0.1 * noise if path[-1].key == "scale" else 0.2 * noise
+
+    return _host_params(decoder.Decoder(CONFIG), mesh, rules, draw)
 
 
 def _stacked_batch(batches, mesh, rules):
@@ -149,19 +184,22 @@ def _solo_run(method, settings, state, frozen, mesh, rules, run, seed, steps, ev
 
 
 class Deviation:
-    """Asserts closeness leaf by leaf and keeps the largest relative deviation seen.
+    """Asserts closeness leaf by leaf and keeps the largest deviations seen.
 
-    Per-step metrics (loss, target tokens, grad norm, eval sums) at rtol 1e-5: the acceptance.
-    Trained params and optimizer state leaf by leaf at rtol 1e-5 plus 3e-5 of the leaf's
-    largest magnitude: an AdamW step moves a weight by about the learning rate whatever its
-    gradient's size, so a gradient entry that is near zero by cancellation (whose relative
-    rounding error is then large, from another summation order in a batched matmul) moves its
-    weight by a different fraction of the rate. Seen: up to 6e-5 of one step's rate.
+    Per-step metrics (loss, target tokens, grad norm, eval sums): rtol 1e-5, the acceptance.
+    Trained params and optimizer state: rtol 1e-5 plus 3e-5 of the leaf's largest magnitude,
+    for all but LOOSE_FRACTION of a leaf's entries; those within LOOSE_RATE of the run's summed
+    learning rates. Why: AdamW's first update of an entry is g / (|g| + eps), about the rate
+    whatever |g|, and an entry whose gradient is near zero by cancellation (seen: -2.3e-8
+    where the median |g| is 1.6e-2, eps 1e-8) has a large relative rounding error under
+    another summation order (a batched matmul's), so its step differs by a fraction of the
+    rate. Seen: one entry in 1024 off by 1e-4 of a step's rate on 1 device, 0.75% on 8.
     """
 
     def __init__(self):
         self.metrics = 0.0  # the largest relative deviation of a metric
-        self.state = 0.0  # ... of a state leaf, relative to the leaf's largest magnitude
+        self.state = 0.0  # ... of a state entry, relative to its leaf's largest magnitude
+        self.loose = 0  # entries outside the tight state tolerance
 
     def check_metrics(self, got, want, what: str):
         for path, g, w in _paired(got, want):
@@ -170,14 +208,24 @@ class Deviation:
             scale = np.maximum(np.abs(w), 1e-6)
             self.metrics = max(self.metrics, float(np.max(np.abs(g - w) / scale)))
 
-    def check_state(self, got, want, what: str):
+    def check_state(self, got, want, what: str, summed_rates: float):
         for path, g, w in _paired(got, want):
             g, w = np.asarray(g, np.float64), np.asarray(w, np.float64)
             largest = float(np.max(np.abs(w), initial=0.0))
-            atol = max(STATE_ATOL * largest, ATOL)
-            np.testing.assert_allclose(g, w, rtol=RTOL, atol=atol, err_msg=f"{what} {path}")
+            error = np.abs(g - w)
+            loose = error > RTOL * np.abs(w) + max(STATE_ATOL * largest, ATOL)
+            allowed = max(1, LOOSE_FRACTION * loose.size)
+            assert loose.sum() <= allowed, f"{what} {path}: {loose.sum()} entries off"
+            np.testing.assert_allclose(
+                g, w, rtol=0, atol=LOOSE_RATE * summed_rates, err_msg=f"{what} {path}"
+            )
+            self.loose += int(loose.sum())
             if largest > 0:
-                self.state = max(self.state, float(np.max(np.abs(g - w))) / largest)
+                self.state = max(self.state, float(np.max(error)) / largest)
+
+
+def _summed_rates(run: int, steps) -> float:
+    return float(sum(_rate(run, step) for step in steps))
 
 
 def _paired(got, want):
@@ -200,18 +248,39 @@ def compare_case(name: str, mesh, rules, evaluate: bool = False) -> Deviation:
     for run, (method, seed) in enumerate(zip(methods, SEEDS, strict=True)):
         solo = pack.solo_states[run]
         history, final, evaluated = _solo_run(
-            method, settings, solo, pack.frozen, mesh, rules, run, seed, range(STEPS), evaluate
+            method,
+            settings,
+            solo,
+            pack.frozen,
+            mesh,
+            rules,
+            run,
+            seed,
+            range(STEPS),
+            evaluate
+            and run == 0,  # one solo eval compile: the packed eval is the same vmap for all K
         )
         for step, metrics in enumerate(history):
             got = {k: packed[step][k][run] for k in metrics}
             deviation.check_metrics(got, metrics, f"{name} run {run} step {step}")
-        deviation.check_state(slots[run], final, f"{name} run {run} state")
-        if evaluate:
+        deviation.check_state(
+            slots[run], final, f"{name} run {run} state", _summed_rates(run, range(STEPS))
+        )
+        if evaluated is not None:
             got = {k: v[run] for k, v in packed_eval.items()}
             deviation.check_metrics(got, evaluated, f"{name} run {run} eval")
     if name == "lora":
         _check_padding_zero(pack)
+    _check_run_axis_unsharded(pack)
     return deviation
+
+
+def _check_run_axis_unsharded(pack):
+    """The run axis of every stacked leaf is whole; on a mesh, some trained leaf is split."""
+    leaves = jax.tree.leaves(pack.state.params)
+    assert all(x.sharding.spec[:1] in ((), (None,)) for x in leaves), pack.state.params
+    pieces = [len({str(s.index) for s in x.addressable_shards}) for x in leaves]
+    assert (max(pieces) > 1) == (pack.mesh.size > 1), pieces
 
 
 def _check_padding_zero(pack):
@@ -240,7 +309,7 @@ def test_packed_runs_equal_solo_runs(name, one_device):
     deviation = compare_case(name, *one_device, evaluate=name == "lora")
     print(
         f"{name}: max relative deviation packed vs solo: metrics {deviation.metrics:.1e}, "
-        f"state {deviation.state:.1e} of a leaf's largest magnitude"
+        f"state {deviation.state:.1e} of a leaf's largest magnitude, {deviation.loose} loose"
     )
 
 
@@ -264,7 +333,7 @@ def test_refilling_a_slot_compiles_no_step_and_the_new_run_trains_as_alone(one_d
     # Slot 0 (rank 4, alpha 8: scale 2) takes a rank-8 run of scale 1; then slot 2 (rank 16)
     # a rank-4 run. Their methods equal other runs' (no new solo model to compile).
     first, second = methods[1], methods[0]
-    solo_first, _ = _solo_state(first, settings, 7, pack.base, mesh, rules)
+    solo_first, _ = _solo_state(first, settings, 7, pack.base, mesh, rules, fresh=True)
     with _compiles() as compiles:
         pack.state, pack.variables = packed_step.refill_slot(
             pack.layout, pack.state, pack.variables, 0, solo_first, first, mesh
@@ -292,7 +361,7 @@ def test_refilling_a_slot_compiles_no_step_and_the_new_run_trains_as_alone(one_d
             deviation.check_metrics(
                 {k: step_metrics[k][slot] for k in metrics}, metrics, f"slot {slot} step {step}"
             )
-        deviation.check_state(pack.slots()[slot], final, f"refilled slot {slot}")
+        deviation.check_state(pack.slots()[slot], final, f"slot {slot}", _summed_rates(slot, steps))
     _check_padding_zero(pack)
     with pytest.raises(ValueError, match="cannot join this pack"):
         packed_step.refill_slot(
@@ -419,10 +488,10 @@ from tests.train import packed_step_test as t
 from ft_scaling.train import partitioning
 assert jax.device_count() == 8
 mesh, rules = partitioning.make_mesh((2, 2, 2)), partitioning.logical_rules()
-for name in ("lora", "fmt"):
+for name in sorted(t.CASES):
     deviation = t.compare_case(name, mesh, rules)
-    print(name, "max relative deviation: metrics %.1e, state %.1e" % (
-        deviation.metrics, deviation.state))
+    print(name, "max relative deviation: metrics %.1e, state %.1e, %d loose" % (
+        deviation.metrics, deviation.state, deviation.loose))
 print("OK")
 """
 
