@@ -4,7 +4,8 @@ tests/study/tiny_suite.py pretrains three GPT-NeoX sizes with our trainer and ex
 revisions step8/16/24 in Hugging Face layout (SUITE/<size>/<revision>/); tests/study/
 micro_suite.gin studies them through `ft-scaling study`: all three axes expand, every run is
 finetuned from its revision (through hf.gin), the rows carry the revision's tokens, and the
-report fits the multiplicative law along all three factors. Built once per module.
+report fits both laws along all three factors. Built once per module. (A study over a suite with
+a missing revision failing before any run: tests/study/suites_test.py.)
 """
 
 import collections
@@ -12,6 +13,7 @@ import json
 import math
 import os
 
+import jax
 import pytest
 
 from ft_scaling import files
@@ -21,7 +23,7 @@ from tests.study import tiny_suite
 
 pytest.importorskip("tokenizers")
 pytest.importorskip("safetensors")
-pytestmark = pytest.mark.slow  # pretrains three models and trains 12 runs (~1-3 min)
+pytestmark = pytest.mark.slow  # 3 pretraining runs, 12 finetuning runs: ~80 s CPU
 GIN = "tests/study/micro_suite.gin"
 TOKENS = {f"step{s}": s * tiny_suite.TOKENS_PER_STEP for s in tiny_suite.STEPS}
 
@@ -33,8 +35,6 @@ def quick_compiles():
     pretraining sizes, 3 finetuning sizes, 1 more LoRA rank) and unoptimized code halves it;
     the flag is no part of JAX's cache key, so executables built under it must not outlive
     the module."""
-    import jax
-
     before = jax.config.values["jax_disable_most_optimizations"]
     jax.config.update("jax_disable_most_optimizations", True)
     try:

@@ -11,8 +11,12 @@ seed directory of config and tokenizer only: pretrain.gin restores no checkpoint
 steps STEPS; every kept step is exported with `ft-scaling convert orbax-to-hf`
 (models/hf/convert_cli.py, save_pretrained). Nothing is
 downloaded; no torch or transformers needed.
+
+    python -m tests.study.tiny_suite DIR     builds it in DIR (new), for the study of
+                                             tests/study/micro_suite.gin (~45 s CPU)
 """
 
+import argparse
 import json
 import os
 
@@ -111,3 +115,10 @@ def build(root: str) -> dict[str, str]:
             )
         sources[size] = os.path.join(root, size)
     return sources
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="build the tiny suite of tests/study")
+    parser.add_argument("root", help="a new directory for it")
+    for size, where in build(parser.parse_args().root).items():
+        print(size, where)
