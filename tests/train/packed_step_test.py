@@ -1,11 +1,12 @@
 """Packed runs equal the same runs stepped alone (trainer.jit_steps), on 1 device and 8.
 
-K = 3 runs per pack, each with its own seed, learning rate (per step), batches and number of
-target tokens: LoRA of ranks 4, 8, 16 (padded to 16) with dropout under AdamW with weight
-decay, prompt tuning under SGD, BitFit under Adafactor, FMT under AdamW. Per-run losses,
-gradient norms, params, optimizer state and eval sums are compared at rtol 1e-5; LoRA's
-padded columns and rows stay exactly zero; refilling a slot compiles no step; the frozen
-matmuls of a PET pack are one GEMM over all runs' rows (in the step's jaxpr).
+K = 3 runs per pack, each with its own seed (dropout RNG), learning rate per step, batches
+and number of target tokens: LoRA of ranks 4, 8, 16 (padded to 16) with dropout under AdamW
+with weight decay and clipping, prompt tuning under SGD, BitFit under Adafactor in 2
+microbatches, FMT under AdamW. Per-run loss, target tokens and gradient norm at every step
+(and eval sums) are compared at rtol 1e-5; params and optimizer state as `Deviation` says.
+LoRA's padded columns and rows stay exactly zero; refilling a slot compiles no step; the
+frozen matmuls of a PET pack are one GEMM over all runs' rows (in the step's jaxpr).
 """
 
 import contextlib
@@ -55,6 +56,7 @@ CASES = {
     "bitfit": ([bitfit.BitFit()] * 3, optimizers.OptimizerSettings("adafactor")),
     "fmt": ([full.FullModelTuning()] * 3, optimizers.OptimizerSettings("adamw", clip_norm=None)),
 }
+MICROBATCHES = {"bitfit": 2}  # gradient accumulation inside the vmapped step
 RTOL, ATOL, STATE_ATOL = 1e-5, 1e-7, 3e-5
 LOOSE_FRACTION, LOOSE_RATE = 0.005, 0.05  # Deviation's docstring
 
@@ -128,7 +130,7 @@ def _stacked_batch(batches, mesh, rules):
 class Pack:
     """A pack of runs and its compiled steps (the runs' solo states are built alongside)."""
 
-    def __init__(self, methods, settings, mesh, rules):
+    def __init__(self, methods, settings, mesh, rules, microbatches=1):
         self.methods, self.settings, self.mesh, self.rules = methods, settings, mesh, rules
         self.base = _base(mesh, rules)
         built = [
@@ -147,6 +149,7 @@ class Pack:
             rules,
             self.state,
             self.frozen,
+            num_microbatches=microbatches,
             run_variables=self.variables,
         )
 
@@ -169,10 +172,16 @@ class Pack:
         ]
 
 
-def _solo_run(method, settings, state, frozen, mesh, rules, run, seed, steps, evaluate=False):
-    """(metrics per step, final state, eval sums or None) of one run stepped alone."""
+def _solo_run(method, settings, state, frozen, mesh, rules, run, seed, steps, **options):
+    """(metrics per step, final state, eval sums or None) of one run stepped alone.
+
+    options: evaluate (bool), microbatches (int).
+    """
+    evaluate, microbatches = options.get("evaluate", False), options.get("microbatches", 1)
     loss = losses.LMLoss(method.wrap(decoder.Decoder(CONFIG)))
-    train_fn, eval_fn = trainer.jit_steps(loss, settings, mesh, rules, state, frozen)
+    train_fn, eval_fn = trainer.jit_steps(
+        loss, settings, mesh, rules, state, frozen, num_microbatches=microbatches
+    )
     history = []
     for step in steps:
         state, metrics = train_fn(state, frozen, _batch(seed, step), _rate(run, step))
@@ -239,7 +248,8 @@ def _paired(got, want):
 def compare_case(name: str, mesh, rules, evaluate: bool = False) -> Deviation:
     """Trains CASES[name] packed and solo; asserts equality; returns the deviations seen."""
     methods, settings = CASES[name]
-    pack = Pack(methods, settings, mesh, rules)
+    microbatches = MICROBATCHES.get(name, 1)
+    pack = Pack(methods, settings, mesh, rules, microbatches)
     packed = [pack.step(step) for step in range(STEPS)]
     assert pack.train_fn.__wrapped__._cache_size() == 1
     slots = pack.slots()
@@ -257,8 +267,9 @@ def compare_case(name: str, mesh, rules, evaluate: bool = False) -> Deviation:
             run,
             seed,
             range(STEPS),
-            evaluate
-            and run == 0,  # one solo eval compile: the packed eval is the same vmap for all K
+            # One solo eval compile: the packed eval is one vmap for all K runs.
+            evaluate=evaluate and run == 0,
+            microbatches=microbatches,
         )
         for step, metrics in enumerate(history):
             got = {k: packed[step][k][run] for k in metrics}
