@@ -4,8 +4,9 @@ tests/study/tiny_suite.py pretrains three GPT-NeoX sizes with our trainer and ex
 revisions step8/16/24 in Hugging Face layout (SUITE/<size>/<revision>/); tests/study/
 micro_suite.gin studies them through `ft-scaling study`: all three axes expand, every run is
 finetuned from its revision (through hf.gin), the rows carry the revision's tokens, and the
-report fits both laws along all three factors. Built once per module. (A study over a suite with
-a missing revision failing before any run: tests/study/suites_test.py.)
+report fits each of its laws (study/report.py LAWS) along all three factors. Built once per
+module. (A study over a suite with a missing revision failing before any run:
+tests/study/suites_test.py.)
 """
 
 import collections
@@ -17,8 +18,9 @@ import jax
 import pytest
 
 from ft_scaling import files
+from ft_scaling.scaling import laws
 from ft_scaling.study import main as study_main
-from ft_scaling.study import store
+from ft_scaling.study import report, store
 from tests.study import tiny_suite
 
 pytest.importorskip("tokenizers")
@@ -109,7 +111,8 @@ def test_micro_suite_study_end_to_end(study):
         by_size = [default[size, "step24"] for size in tiny_suite.SIZES]
         assert by_size == sorted(by_size, reverse=True) and len(set(by_size)) == 3
 
-    for law in ("multiplicative", "additive"):
+    assert set(report.LAWS) >= {"multiplicative", "additive"}
+    for law in report.LAWS:
         with open(os.path.join(out, f"fit_{law}", "fit.json")) as f:
             (setting,) = json.load(f)["settings"]
         factors = list(setting["factors"].values())
@@ -118,6 +121,6 @@ def test_micro_suite_study_end_to_end(study):
         for factor in factors:
             assert factor["fit"]["converged"], (law, factor)
             assert all(math.isfinite(v) for v in factor["params"].values()), (law, factor)
-            # The paper's two stages: the D_f part and E, fitted once, shared by the factors.
-            for name in ("beta", "E"):
+            # The paper's two stages: the D_f part (and E), fitted once, shared by the factors.
+            for name in laws.LAWS[law].shared_params:
                 assert factor["params"][name] == factors[0]["params"][name], (law, name)
