@@ -25,8 +25,9 @@ demo: install
 smoke: install
 	$(BIN)/ft-scaling study --gin_file=gin/studies/demo.gin --out=runs/smoke --preset=smoke
 
+# Two workers, each test file on one of them (its module fixtures built once).
 test: install $(VENV)/.bench
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -38,8 +38,14 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
-    # gcp-storage-emulator: the GCS server of tests/gcs_* (loopback only).
-    "test": ["pytest==9.0.3", "ruff==0.17.6", "gcp-storage-emulator==2026.7.19"],
+    # gcp-storage-emulator: the GCS server of tests/gcs_* (loopback only); pytest-xdist: `make
+    # test` runs two workers (a test process keeps about one core busy).
+    "test": [
+        "pytest==9.0.3",
+        "pytest-xdist==3.8.0",
+        "ruff==0.17.6",
+        "gcp-storage-emulator==2026.7.19",
+    ],
     # benchmarks/ and the parity tests (never imported by the package): PyTorch baselines.
     # torch 2.13.0 is the CPU build the machine provides; a newer or unpinned torch pulls CUDA.
     "bench": ["torch==2.13.0", "transformers==5.23.0", "peft==0.21.2"],

@@ -14,6 +14,10 @@ for _name in [n for n in os.environ if n.startswith("FT_SCALING_")]:
     del os.environ[_name]
 _HF_HOME = tempfile.mkdtemp(prefix="ft_scaling_test_hf_")
 os.environ.update(HF_HOME=_HF_HOME, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+# The tests' programs are tiny and compiled once or twice each: XLA's optimisation passes cost
+# more than they save (about 20% of the suite's time). Inherited by the tests' subprocesses.
+# Only tests that compare with numbers of optimised code (default_bit_identity_test) turn it off.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 import pytest  # noqa: E402
 

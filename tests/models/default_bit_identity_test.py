@@ -23,6 +23,20 @@ from ft_scaling.methods import lora, prompt
 from ft_scaling.models import configs, decoder
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _optimised_compiles():
+    """The digests are of XLA's optimised programs; tests/conftest.py turns most optimisations
+    off for the rest of the suite. The flag is no part of JAX's cache key: clear the caches."""
+    before = jax.config.values["jax_disable_most_optimizations"]
+    jax.config.update("jax_disable_most_optimizations", False)
+    jax.clear_caches()
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", before)
+        jax.clear_caches()
+
+
 def _digest(tree):
     """First 16 hex digits of sha256 over the sorted (path, bytes) of a tree."""
     h = hashlib.sha256()
