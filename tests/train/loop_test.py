@@ -60,7 +60,9 @@ def test_tiny_model_overfits_a_small_batch(tmp_path):
 def test_run_summary_says_where_the_wall_time_went(tmp_path):
     """Every phase is counted, exclusively: the phases sum to at most the wall time, and a
     second run of the same shapes in this process compiles (almost) nothing."""
-    extra = ("EVAL_EVERY=3", "SAVE_EVERY=3", "train.test_split='validation'")
+    # Shapes no other test trains, so the first run compiles them (JAX's caches live per process).
+    extra = ("EVAL_EVERY=3", "SAVE_EVERY=3", "train.test_split='validation'", "BATCH_SIZE=6")
+    extra += ("TASK_FEATURE_LENGTHS={'targets': 40}",)
     first = _train_in_process(tmp_path / "first", 6, *extra)
     second = _train_in_process(tmp_path / "second", 6, *extra)
     for summary in (first, second):
