@@ -244,9 +244,16 @@ def truncate_jsonl(location: str | os.PathLike, keep: Callable[[dict], bool]) ->
     return rows
 
 
-def write_operative_config(directory: str | os.PathLike) -> None:
-    """DIRECTORY/config.gin: the gin bindings in force (t5x writes the same file)."""
-    atomic_write_text(path(directory) / OPERATIVE_CONFIG_FILE, gin.operative_config_str())
+def write_operative_config(directory: str | os.PathLike, text: str | None = None) -> None:
+    """DIRECTORY/config.gin: the gin bindings in force (t5x writes the same file), or `text`,
+    bindings captured earlier by `operative_config_text`."""
+    text = operative_config_text() if text is None else text
+    atomic_write_text(path(directory) / OPERATIVE_CONFIG_FILE, text)
+
+
+def operative_config_text() -> str:
+    """The gin bindings in force now, as config.gin holds them."""
+    return gin.operative_config_str()
 
 
 def check_fingerprint(

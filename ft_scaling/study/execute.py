@@ -119,11 +119,16 @@ def train_run(run, model_dir: str, budget_fraction: float = 1.0) -> summary_lib.
     Raises:
       Preempted: the trainer was preempted; its checkpoint is saved.
     """
-    bindings = [*run.bindings, f"MODEL_DIR={model_dir!r}"]
-    if budget_fraction < 1.0:
-        bindings.append(f"train.budget_fraction={budget_fraction!r}")
-    flags.parse_gin(run.gin_files, bindings)
+    parse_run_gin(run, model_dir, budget_fraction)
     from ft_scaling.train import loop  # imports JAX and the input pipeline: only to train
 
     allowed = ("finished",) if budget_fraction >= 1.0 else ("finished", "paused")
     return check_status(loop.train(), f"run {run.run_id}", allowed)
+
+
+def parse_run_gin(run, model_dir: str, budget_fraction: float = 1.0) -> None:
+    """Parses a gin run's config (its gin files and bindings, MODEL_DIR added) into gin."""
+    bindings = [*run.bindings, f"MODEL_DIR={model_dir!r}"]
+    if budget_fraction < 1.0:
+        bindings.append(f"train.budget_fraction={budget_fraction!r}")
+    flags.parse_gin(run.gin_files, bindings)

@@ -21,6 +21,7 @@ Two ways to share a study between workers:
 """
 
 import dataclasses
+import logging
 import math
 import os
 import sys
@@ -30,9 +31,11 @@ import jax
 
 from ft_scaling import files
 from ft_scaling.study import claims as claims_lib
-from ft_scaling.study import execute, generation, suites, sweep
+from ft_scaling.study import execute, generation, packed, suites, sweep
 from ft_scaling.study import store as store_lib
 from ft_scaling.train import summary as summary_lib
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +108,38 @@ class _Execution:
         failed = {**run.record, "run_dir": model_dir}
         return execute.execute(self.store, run.run_id, run.kind, train, failed)
 
+    def prepare(self, run: sweep.Run):
+        """The run set up for a pack (`loop.prepared`: its dependency finished, its gin parsed
+        and checked); None when that failed, recorded as the run's failure."""
+        try:
+            if run.depends_on:
+                _wait_for(self.by_id[run.depends_on], self.out_dir, self.dependency_timeout_s)
+            execute.parse_run_gin(run, run.model_dir(self.out_dir))
+            from ft_scaling.train import loop  # imports JAX and the input pipeline
+
+            return loop.prepared()
+        except Exception as err:  # noqa: BLE001  (recorded with its traceback, as execute does)
+            self.record(run, err)
+            return None
+
+    def record(self, run: sweep.Run, outcome) -> "execute.Record":  # (the module)
+        """Records a packed run's end: its summary (checked as `execute.train_run` checks it)
+        or the error that ended it. Raises execute.Preempted for a preempted run."""
+        model_dir = run.model_dir(self.out_dir)
+
+        def train() -> execute.Record:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            summary = execute.check_status(outcome, f"run {run.run_id}")
+            if self.generation_metrics is not None:  # decoding reads the run's gin config
+                execute.parse_run_gin(run, model_dir)
+            row = _row(run, summary, model_dir, self.generation_metrics)
+            return execute.Record("finished", row)
+
+        failed = {**run.record, "run_dir": model_dir}
+        propagate = (execute.Preempted,)
+        return execute.execute(self.store, run.run_id, run.kind, train, failed, propagate)
+
 
 def run_study(
     study: sweep.Study,
@@ -138,7 +173,15 @@ def run_study(
             )
             if store_url is None:
                 mine = sweep.assigned(runs, worker.index, worker.count)
+                if study.pack_runs > 1:
+                    return packed.run_packed(study.name, mine, execution, study.pack_runs)
                 return _run_all(study.name, mine, execution)
+            if study.pack_runs > 1:
+                log.warning(
+                    "Study.pack_runs=%d: runs claimed from a shared store train one at a "
+                    "time (packing claims K runs at once: not built yet)",
+                    study.pack_runs,
+                )
             settings = claims or claims_lib.ClaimSettings()
             return claims_lib.run_claimed(
                 study.name, runs, store, execution.execute, settings, leader

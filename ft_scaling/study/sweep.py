@@ -118,6 +118,8 @@ class Study:
         'none'); report_bootstrap: bootstrap replicates of the report's fits.
       generation_metrics: decode test examples of every finished finetuning run and store
         BLEU/chrF or ROUGE-L in its row (study/generation.py); None (default) skips it.
+      pack_runs: K > 1 trains up to K compatible finetuning runs at once in one compiled
+        step (study/packed.py); 1 (default) trains every run alone.
     """
 
     name: str
@@ -134,6 +136,11 @@ class Study:
     held_out: str = "paper"
     report_bootstrap: int = 100
     generation_metrics: generation.GenerationMetrics | None = None
+    pack_runs: int = 1
+
+    def __post_init__(self):
+        if not isinstance(self.pack_runs, int) or self.pack_runs < 1:
+            raise ValueError(f"Study.pack_runs={self.pack_runs!r} must be an integer >= 1")
 
 
 @dataclasses.dataclass(frozen=True)

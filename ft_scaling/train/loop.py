@@ -15,6 +15,8 @@ pretraining, unlike t5x) or after MAX_EPOCHS passes over the train data, whichev
 or after `budget_fraction` of those steps (status 'paused'), or on SIGTERM ('preempted').
 """
 
+import contextvars
+import dataclasses
 import math
 import time
 
@@ -120,28 +122,63 @@ def train(
         mesh = partitioning.make_mesh() if mesh is None else mesh
         rules = partitioning.logical_rules() if rules is None else rules
         run = settings.setup(run_settings, mesh, rules)
+    if _PREPARING.get():
+        return Prepared(run, start, timer, files.operative_config_text())
     return _run(run, start, timer)
+
+
+@dataclasses.dataclass
+class Prepared:
+    """A run set up (every check done) but not trained: what `prepared()` returns for a pack
+    (train/packed_loop.py), whose runs train after other runs' gin configs were parsed."""
+
+    run: settings.Run
+    start: float
+    timer: timings.PhaseTimer
+    operative_config: str | None = None  # the run's gin bindings as text (gin is global
+    # state, parsed anew for each run of a pack); None: gin's current operative config
+
+    def open(self) -> "_Loop":
+        """The run's loop, restored or initialised, its fingerprint and config written."""
+        with self.timer.phase("setup"):
+            training = _Loop(self.run, self.timer)  # restores: a bad base fails here
+            settings.record(self.run)  # only now: a failed restore left MODEL_DIR as it was
+            _write_operative_config(self.run.settings.model_dir, self.operative_config)
+        return training
+
+    def finalize(self, result: summary.RunSummary) -> summary.RunSummary:
+        """The summary with sizes and timings, written with the config into MODEL_DIR."""
+        result = result.replace(
+            model_params=configs.param_count(self.run.settings.model_config),
+            wall_time_s=time.time() - self.start,
+            timings=self.timer.seconds(),
+        )
+        _write_operative_config(self.run.settings.model_dir, self.operative_config)
+        if jax.process_index() == 0:
+            result.write(self.run.settings.model_dir)
+        return result
+
+
+_PREPARING = contextvars.ContextVar("preparing", default=False)
+
+
+def prepared() -> Prepared:
+    """`train()` under the parsed gin config, stopped before training: the set-up run."""
+    token = _PREPARING.set(True)
+    try:
+        return train()
+    finally:
+        _PREPARING.reset(token)
 
 
 def _run(run: settings.Run, start: float, timer: timings.PhaseTimer) -> summary.RunSummary:
     """Trains a set-up run; writes its fingerprint, operative config and summary.json."""
-    model_dir, training = run.settings.model_dir, None
+    model_dir, training, prepared_run = run.settings.model_dir, None, Prepared(run, start, timer)
     # A full disk stops the run naming MODEL_DIR and its last good checkpoint (a rerun resumes).
     with files.naming_full_disk(model_dir, lambda: _kept(training, model_dir)):
-        with timer.phase("setup"):
-            training = _Loop(run, timer)  # restores or initialises: a bad base fails here
-            settings.record(run)  # only now: a run that failed above left MODEL_DIR as it was
-            _write_operative_config(model_dir)
-        result = training.execute()
-        result = result.replace(
-            model_params=configs.param_count(run.settings.model_config),
-            wall_time_s=time.time() - start,
-            timings=timer.seconds(),
-        )
-        _write_operative_config(model_dir)  # again: with the configurables the run called
-        if jax.process_index() == 0:
-            result.write(model_dir)
-    return result
+        training = prepared_run.open()
+        # The config is written again at the end: with the configurables the run called.
+        return prepared_run.finalize(training.execute())
 
 
 class _Loop:
@@ -234,13 +271,19 @@ class _Loop:
 
     def evaluate_and_save(self) -> dict | None:
         """Dev loss every EVAL_EVERY steps; a checkpoint on a new best, and when one is due."""
-        cfg, dev, improved = self.cfg, None, False
-        if cfg.eval_every and self.step % cfg.eval_every == 0:
-            dev, improved = self.evaluate()
-        due = (cfg.save_every and self.step % cfg.save_every == 0) or self.step in cfg.keep_steps
-        if improved or due:  # a new best by dev loss is always kept (model selection)
+        dev, improved = self.evaluate() if self.eval_due() else (None, False)
+        if improved or self.save_due():  # a new best by dev loss is always kept (model selection)
             self.save(None if dev is None else dev["loss"])
         return dev
+
+    def eval_due(self) -> bool:
+        return bool(self.cfg.eval_every and self.step % self.cfg.eval_every == 0)
+
+    def save_due(self) -> bool:
+        cfg = self.cfg
+        return (
+            bool(cfg.save_every and self.step % cfg.save_every == 0) or self.step in cfg.keep_steps
+        )
 
     def evaluate(self) -> tuple[dict, bool]:
         """(dev metrics, whether they are a new best) of the current params."""
@@ -248,11 +291,15 @@ class _Loop:
             timings.sync(self.state)  # the steps dispatched so far are train time
         with self.timer.phase("eval"):
             dev = self._split_metrics(self.state.params, "validation", "eval")
-            self.writer.write(self.step, "validation", dev)
+        return dev, self.note_dev(dev)
+
+    def note_dev(self, dev: dict) -> bool:
+        """Logs dev metrics of this step; whether they are a new best."""
+        self.writer.write(self.step, "validation", dev)
         improved = self.best is None or dev["loss"] < self.best
         if improved:
             self.best = dev["loss"]
-        return dev, improved
+        return improved
 
     def save(self, dev_loss: float | None = None) -> None:
         """Checkpoints the state (unless this step is saved already); never non-finite params."""
@@ -279,10 +326,19 @@ class _Loop:
         """Last evaluation (unless the last step made it) and save; test of a finished run."""
         if dev is None:
             dev, _ = self.evaluate()
+        result = self.close(dev)
+        if not self.tests(result):
+            return result
+        return with_test(
+            result, self._split_metrics(self.best_params(), self.cfg.test_split, "test")
+        )
+
+    def close(self, dev: dict) -> summary.RunSummary:
+        """Saves the state (dev: this step's) and returns the summary, before any test."""
         self.save(dev["loss"])
         finished = self.step >= self.run.total_steps
         params = base.merge(self.state.params, self.frozen)
-        result = summary.RunSummary(
+        return summary.RunSummary(
             status="finished" if finished else "paused",
             step=self.step,
             total_steps=self.run.total_steps,
@@ -295,15 +351,16 @@ class _Loop:
             compile_time_s=self.compile_time,
             checkpoint_dir=self.store.directory,
         )
-        if not (finished and self.cfg.test_split):
-            return result
-        base_path = self.meta["base_checkpoint"]
+
+    def tests(self, result: summary.RunSummary) -> bool:
+        """Whether the run is evaluated on the test split now (finished, and it has one)."""
+        return result.status == "finished" and bool(self.cfg.test_split)
+
+    def best_params(self):
+        """Trainable params of the best checkpoint by dev loss (the paper's model selection)."""
         with self.timer.phase("checkpoint"):
-            best = checkpoints.best_params(self.store, self.state, self.frozen, base_path)
-        test = self._split_metrics(best, self.cfg.test_split, "test")
-        return result.replace(
-            test_loss=test["loss"], test_ppl=test["ppl"], test_tokens=test["target_tokens"]
-        )
+            base_path = self.meta["base_checkpoint"]
+            return checkpoints.best_params(self.store, self.state, self.frozen, base_path)
 
     def _split_metrics(self, params, split: str, phase: str) -> dict:
         """Token-level loss and PPL over a whole split, summed exactly on host; timed as
@@ -324,6 +381,12 @@ class _Loop:
         return {"loss": loss, "ppl": math.exp(loss), "target_tokens": tokens}
 
 
+def with_test(result: summary.RunSummary, test: dict) -> summary.RunSummary:
+    return result.replace(
+        test_loss=test["loss"], test_ppl=test["ppl"], test_tokens=test["target_tokens"]
+    )
+
+
 def _kept(training, model_dir: str) -> str:
     """What a stopped run leaves to resume from, also when its loop never started."""
     if training is not None:
@@ -335,6 +398,6 @@ def _kept(training, model_dir: str) -> str:
         store.close()
 
 
-def _write_operative_config(model_dir: str) -> None:
+def _write_operative_config(model_dir: str, text: str | None = None) -> None:
     if jax.process_index() == 0:  # one writer per pod
-        files.write_operative_config(model_dir)
+        files.write_operative_config(model_dir, text)

@@ -65,6 +65,13 @@ def unstack(stacked) -> list:
     return [take(stacked, jnp.int32(i)) for i in range(leaves[0].shape[RUN_AXIS])]
 
 
+def take_slot(stacked, index: int):
+    """Slot `index` of a stacked tree as a solo tree, on its solo shardings (one compiled
+    gather per tree layout: the index is traced)."""
+    take = _taker(_Key(jax.tree.map(_without_run_axis, stacked)))
+    return take(stacked, jnp.int32(index))
+
+
 def set_slot(stacked, index: int, tree):
     """`stacked` with slot `index` replaced by the solo `tree` (donates `stacked`).
 
