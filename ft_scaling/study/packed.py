@@ -36,6 +36,7 @@ def run_packed(name: str, mine: list, execution, slots: int) -> dict:
         progress.starting(run)
         progress.ended(run, _count(counts, execution.execute(run)))
     finetune = [r for r in pending if r.kind == "finetune"]
+    started = time.time()
     sys.stderr.write(f"[study {name}] setting up {len(finetune)} finetuning runs for packs\n")
     groups, alone = {}, []
     for run in finetune:
@@ -57,7 +58,17 @@ def run_packed(name: str, mine: list, execution, slots: int) -> dict:
     for run in alone:
         progress.starting(run)
         progress.ended(run, _count(counts, execution.execute(run)))
+    finetuning_rate(name, len(finetune), time.time() - started, f"in packs of {slots}")
     return counts
+
+
+def finetuning_rate(name: str, runs: int, seconds: float, how: str) -> None:
+    """The line benchmarks/packed_runs.py reads: the finetuning phase's runs per minute."""
+    if runs:
+        sys.stderr.write(
+            f"[study {name}] finetuning phase: {runs} runs {how} in {seconds:.1f} s "
+            f"({60 * runs / max(seconds, 1e-9):.2f} runs/min)\n"
+        )
 
 
 def _train_group(members: list, slots: int, execution, counts: dict, progress) -> None:

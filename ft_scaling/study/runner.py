@@ -219,17 +219,22 @@ def _open_store(study: sweep.Study, out_dir: str, location: str, leader: bool, s
 
 def _run_all(name: str, mine: list[sweep.Run], execution: _Execution) -> dict:
     counts = {"finished": 0, "failed": 0, "skipped": 0, "total": len(mine)}
-    started, done_now = time.time(), 0
+    started, done_now, finetuning = time.time(), 0, [0, 0.0]  # runs, seconds
     for position, run in enumerate(mine, start=1):
         if execution.store.status(run.run_id) == "finished":
             counts["skipped"] += 1
             continue
+        run_started = time.time()
         eta = _eta(started, done_now, len(mine) - position + 1)
         sys.stderr.write(
             f"[study {name}] run {position}/{len(mine)} {_describe(run)} (ETA {eta})\n"
         )
         counts[execution.execute(run).status] += 1
         done_now += 1
+        if run.kind == "finetune":
+            finetuning[0] += 1
+            finetuning[1] += time.time() - run_started
+    packed.finetuning_rate(name, finetuning[0], finetuning[1], "one by one")
     return counts
 
 

@@ -28,11 +28,13 @@ evenly among the slots they served, so a study's timing table still sums to its 
 
 import collections
 import dataclasses
+import functools
 import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,6 +51,7 @@ from ft_scaling.train import (
     settings,
     summary,
     timings,
+    trainer,
 )
 
 log = logging.getLogger(__name__)
@@ -64,13 +67,15 @@ def pack_group(run: settings.Run) -> tuple | None:
     and `pack_layout.pack_key` (method family, optimizer). A run without a base checkpoint
     has frozen params of its own seed's init, which no other run shares.
     """
-    s = run.settings
-    if s.initial_checkpoint_path is None:
+    s, spec = run.settings, run.spec
+    length = sum(spec.feature_lengths.values())
+    # A method that trains every param (FMT) shares no frozen params: any bases pack.
+    everything = _trains_everything(trainer._ModelKey(run.model), s.method, length)
+    if s.initial_checkpoint_path is None and not everything:
         return None
-    spec = run.spec
     return (
         s.model_config,
-        s.initial_checkpoint_path,
+        None if everything else s.initial_checkpoint_path,
         tuple(sorted(spec.feature_lengths.items())),
         spec.batch_size,
         spec.pack,
@@ -80,6 +85,12 @@ def pack_group(run: settings.Run) -> tuple | None:
         run.mesh,
         run.rules,
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _trains_everything(model_key, method, sequence_length: int) -> bool:
+    params = nn.meta.unbox(trainer.abstract_params(model_key.model, sequence_length))
+    return all(jax.tree.leaves(method.trainable_mask(params)))
 
 
 @dataclasses.dataclass
@@ -126,7 +137,7 @@ class PackedTrainer:
         self.loss = losses.LMLoss(self.layout.model)
         self.batch_sharding = packed_step.stacked_batch_sharding(self.mesh, self.rules)
         self.slots: list[_Slot] = []
-        self.frozen = self.state = self.variables = None
+        self.frozen = self.state = self.variables = self.eval_one = None
 
     # --- The loop ---------------------------------------------------------------------------
 
@@ -199,7 +210,7 @@ class PackedTrainer:
             prepared.start = time.time()  # its wall time counts from here, not its setup
             with prepared.timer.phase("input"):
                 position = int(training.meta["data_position"])
-                batches = input_pipeline.train_batches(training.run.spec, position=position)
+                batches = input_pipeline.train_batches(training.run.spec, position, prefetch=0)
             return _Slot(prepared, training, batches)
         return None
 
@@ -355,32 +366,54 @@ class PackedTrainer:
     # --- Shared work ------------------------------------------------------------------------
 
     def _split(self, params, split: str, phase: str, slots: list[int]) -> dict[int, dict]:
-        """Token-level loss and PPL over a whole split for every slot (one batched pass),
-        summed on host exactly as a solo run sums; the metrics of `slots`."""
-        served = [self.slots[i] for i in slots]
-        batch_size = self.cfg.eval_batch_size
-        loss_sum = np.zeros(len(self.slots))
-        tokens = np.zeros(len(self.slots))
-        with self._shared("input", served):
-            batches = input_pipeline.eval_batches(self.eval_spec, split, batch_size)
-        for batch in batches:
-            with self._shared("input", served):
-                stacked = self._global([batch] * len(self.slots))
-            with self._shared(phase, served):
-                out = jax.device_get(self.eval_fn(params, self.frozen, stacked, self.variables))
-            for index in slots:  # float64 sums of float32 values, as the solo loop's float()
-                loss_sum[index] += float(out["loss_sum"][index])
-                tokens[index] += float(out["target_tokens"][index])
+        """Token-level loss and PPL over a whole split of the `slots`' params, summed on host
+        exactly as a solo run sums. One pass over all K slots when at least half are asked
+        for; else one pass per slot, on a pack of one (evaluating idle rows costs K times)."""
+        if 2 * len(slots) >= len(self.slots):
+            return self._split_pass(params, self.variables, self.eval_fn, split, phase, slots)
+        if self.eval_one is None:
+            one_variables = packed_step.take_slots(self.variables, 0, 1) if self.variables else None
+            self.eval_one = packed_step.jit_packed_steps(
+                self.loss,
+                self.layout.optimizer_settings,
+                self.mesh,
+                self.rules,
+                packed_step.take_slots(self.state, 0, 1),
+                self.frozen,
+                self.cfg.num_microbatches,
+                one_variables,
+            )[1]
         metrics = {}
         for index in slots:
-            if tokens[index] == 0:
+            one = packed_step.take_slots(params, index, 1)
+            variables = packed_step.take_slots(self.variables, index, 1) if self.variables else {}
+            metrics[index] = self._split_pass(
+                one, variables, self.eval_one, split, phase, [0], [self.slots[index]]
+            )[0]
+        return metrics
+
+    def _split_pass(self, params, variables, eval_fn, split, phase, rows, served=None):
+        """{row: the split's metrics} of `rows` of a stacked params tree, in one batched pass;
+        its seconds shared by the `served` slots (default: the rows' own)."""
+        served = [self.slots[i] for i in rows] if served is None else served
+        width = packed_step.num_runs(params)
+        loss_sum, tokens = np.zeros(width), np.zeros(width)
+        with self._shared("input", served):
+            batches = input_pipeline.eval_batches(self.eval_spec, split, self.cfg.eval_batch_size)
+        for batch in batches:
+            with self._shared("input", served):
+                stacked = self._global([batch] * width)
+            with self._shared(phase, served):
+                out = jax.device_get(eval_fn(params, self.frozen, stacked, variables))
+            for row in rows:  # float64 sums of float32 values, as the solo loop's float()
+                loss_sum[row] += float(out["loss_sum"][row])
+                tokens[row] += float(out["target_tokens"][row])
+        metrics = {}
+        for row in rows:
+            if tokens[row] == 0:
                 raise ValueError(f"{split} split of {self.eval_spec.task!r} has no target tokens")
-            loss = loss_sum[index] / tokens[index]
-            metrics[index] = {
-                "loss": loss,
-                "ppl": float(np.exp(loss)),
-                "target_tokens": tokens[index],
-            }
+            loss = loss_sum[row] / tokens[row]
+            metrics[row] = {"loss": loss, "ppl": float(np.exp(loss)), "target_tokens": tokens[row]}
         return metrics
 
     def _global(self, batches: list[dict]) -> dict:

@@ -72,6 +72,12 @@ def take_slot(stacked, index: int):
     return take(stacked, jnp.int32(index))
 
 
+def take_slots(stacked, start: int, count: int):
+    """Slots [start, start + count) of a stacked tree, still stacked (a pack of `count`)."""
+    take = _slicer(_Key(jax.tree.map(lambda x: x.sharding, stacked)), count)
+    return take(stacked, jnp.int32(start))
+
+
 def set_slot(stacked, index: int, tree):
     """`stacked` with slot `index` replaced by the solo `tree` (donates `stacked`).
 
@@ -173,6 +179,12 @@ def _stacker(shardings: _Key):
 @functools.lru_cache(maxsize=64)
 def _taker(shardings: _Key):
     take = lambda s, i: jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, i, 0, False), s)
+    return jax.jit(take, out_shardings=shardings.tree)
+
+
+@functools.lru_cache(maxsize=64)
+def _slicer(shardings: _Key, count: int):
+    take = lambda s, i: jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, i, count, 0), s)
     return jax.jit(take, out_shardings=shardings.tree)
 
 
