@@ -74,6 +74,10 @@ class CheckpointStore:
     def __init__(self, model_dir: str, policy: RetentionPolicy = RetentionPolicy()):
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policy.orbax_policy(),
+            # Without best_fn orbax neither writes a step's metrics nor ranks steps by them:
+            # best_step() would be the latest step.
+            best_fn=(lambda m: m["dev_loss"]) if policy.keep_best else None,
+            best_mode="min",
             enable_async_checkpointing=False,
             create=False,  # made by the first save: a run failing before it leaves no trace
             cleanup_tmp_directories=True,

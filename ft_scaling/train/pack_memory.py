@@ -7,8 +7,8 @@ state are counted exactly (their leaves' bytes); a run's activations are those a
 pass keeps per Transformer block without rematerialisation, 34·s·b·h + 5·a·s²·b bytes at
 16 bits (Korthikanti et al. 2022, §4.1), doubled for float32, plus its float32 logits and
 their gradient; with remat a block keeps only its input. Everything is taken as evenly
-sharded over the mesh's devices, and a pack may use 90% of a device's memory (the host's
-physical memory on CPU, where JAX reports none).
+sharded over the mesh's devices, and a pack may use 90% of their memory (on CPU, where JAX
+reports none, of the host's physical memory, which all its devices share).
 """
 
 import math
@@ -48,7 +48,7 @@ def fit(requested: int, frozen, slot_state, run) -> tuple[int, str]:
     """(K: at most `requested` runs that fit, a line saying why) for runs like `run`.
 
     Args:
-      requested: Study.pack_runs.
+      requested: Study.pack_runs, or the runs left when fewer.
       frozen: the base params every run shares.
       slot_state: one run's TrainState in the pack's layout (LoRA: padded rank).
       run: that run (settings.Run): its model, batch and mesh.
@@ -63,15 +63,16 @@ def fit(requested: int, frozen, slot_state, run) -> tuple[int, str]:
     )
     per_run = trainable + optimizer + activations
     memory, source = device_memory()
-    room = USABLE_FRACTION * memory * devices - base
+    pool = memory if source == "host memory" else memory * devices  # CPU devices share it
+    room = USABLE_FRACTION * pool - base
     fits = max(1, math.floor(room / per_run)) if room > 0 else 1
     slots = max(1, min(requested, fits))
     total = base + slots * per_run
     message = (
         f"pack of {slots} runs (asked {requested}, {fits} fit): base {_mb(base)} + {slots} x "
         f"(trainable {_mb(trainable)} + optimizer {_mb(optimizer)} + activations "
-        f"{_mb(activations)}) = {_mb(total)} estimated, over {devices} device(s) of "
-        f"{_mb(memory)} {source} ({USABLE_FRACTION:.0%} usable)"
+        f"{_mb(activations)}) = {_mb(total)} estimated, sharded over {devices} device(s); "
+        f"{_mb(pool)} of {source} ({USABLE_FRACTION:.0%} usable)"
     )
     return slots, message
 

@@ -168,7 +168,8 @@ class PackedTrainer:
         self.frozen = first.training.frozen
         state = self.layout.to_slot(first.training.state, first.method)
         run = first.prepared.run
-        slots, message = pack_memory.fit(self.requested, self.frozen, state, run)
+        asked = min(self.requested, 1 + len(self.queue))  # no slot for a run that is not there
+        slots, message = pack_memory.fit(asked, self.frozen, state, run)
         if jax.process_index() == 0:
             sys.stderr.write(f"[pack] {message}\n")
         self.slots = [first]
@@ -208,11 +209,25 @@ class PackedTrainer:
                 self.done(prepared, err)
                 continue
             prepared.start = time.time()  # its wall time counts from here, not its setup
+            if training.step >= training.run.stop_step:  # killed after its last checkpoint
+                self.done(prepared, self._finish_alone(prepared, training))
+                continue
             with prepared.timer.phase("input"):
                 position = int(training.meta["data_position"])
                 batches = input_pipeline.train_batches(training.run.spec, position, prefetch=0)
             return _Slot(prepared, training, batches)
         return None
+
+    @staticmethod
+    def _finish_alone(prepared: loop.Prepared, training: loop._Loop):
+        """A run restored at its stop step is finished as a solo run finishes (its dev and
+        test passes), never stepped: its summary, or its error."""
+        try:
+            return prepared.finalize(training.finish(None))
+        except Exception as err:
+            return err
+        finally:
+            training.store.close()
 
     def _share_frozen(self, slot: _Slot) -> None:
         """The slot's loop reads the pack's frozen params; its own copy and state are freed."""

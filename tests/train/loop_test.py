@@ -189,6 +189,20 @@ def test_checkpoint_retention_keeps_last_two_and_best(tmp_path):
     store.close()
 
 
+def test_best_step_is_the_lowest_dev_loss_not_the_latest(tmp_path):
+    """Steps saved with dev losses 3, 1, 2 (and one without, as a periodic save): the best
+    is step 2, kept beyond keep_last=1, and restored as the best params."""
+    store = checkpoints.CheckpointStore(str(tmp_path), checkpoints.RetentionPolicy(keep_last=1))
+    for step, dev_loss in [(1, 3.0), (2, 1.0), (3, 2.0), (4, None)]:
+        store.save(step, {"w": np.full(2, step, np.float32)}, {"step": step}, dev_loss)
+    assert store.best_step() == 2
+    assert store.steps() == [2, 4]
+    store.close()
+    reopened = checkpoints.CheckpointStore(str(tmp_path))
+    assert reopened.best_step() == 2  # the metrics are on disk, not only in the manager
+    reopened.close()
+
+
 def test_other_config_in_model_dir_is_refused(tmp_path):
     _train_in_process(tmp_path, 2)
     with pytest.raises(files.FingerprintError, match="BATCH_SIZE|batch_size"):
