@@ -49,6 +49,7 @@ import jax.numpy as jnp  # noqa: E402
 from flax import traverse_util  # noqa: E402
 
 from benchmarks import llama_shapes  # noqa: E402
+from benchmarks.train_throughput import proc_status  # noqa: E402
 from ft_scaling.config import flags  # noqa: E402
 from ft_scaling.methods import full, lora  # noqa: E402
 from ft_scaling.models import configs, decoder  # noqa: E402
@@ -370,7 +371,7 @@ def _rss_growth(mode: str, args) -> float:
 
 def _rss_child(mode: str, args) -> None:
     jnp.ones(1).block_until_ready()  # the runtime up before the baseline
-    baseline = _proc_status("VmRSS")
+    baseline = proc_status("VmRSS")
     config = memory_config(args)
     methods = lora_methods(args.ranks, args.runs)
     if mode == "one run":
@@ -381,16 +382,8 @@ def _rss_child(mode: str, args) -> None:
     with open("/proc/self/clear_refs", "w") as handle:  # VmHWM back to the current RSS
         handle.write("5")
     step(2)
-    peak = max(_proc_status("VmHWM"), _proc_status("VmRSS"))
+    peak = max(proc_status("VmHWM"), proc_status("VmRSS"))
     print(json.dumps({"rss_growth_mib": (peak - baseline) / 1024}))
-
-
-def _proc_status(key: str) -> int:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])  # kB
-    raise KeyError(key)
 
 
 # --- The demo's finetuning phase ------------------------------------------------------------

@@ -242,7 +242,7 @@ def _memory_child(spec: str) -> None:
     else:
         import torch  # noqa: F401
         import transformers  # noqa: F401
-    baseline = _proc_status("VmRSS")
+    baseline = proc_status("VmRSS")
     variant = BUILDERS[framework](llama_shapes.SHAPES[size], method, dtype)
     variant.step()
     variant.step()
@@ -250,7 +250,7 @@ def _memory_child(spec: str) -> None:
         handle.write("5")
     for _ in range(2):
         variant.step()
-    peak = max(_proc_status("VmHWM"), _proc_status("VmRSS"))
+    peak = max(proc_status("VmHWM"), proc_status("VmRSS"))
     print(json.dumps({"rss_growth_mib": (peak - baseline) / 1024}))
 
 
@@ -295,7 +295,7 @@ def _remat_memory_child(size: str) -> None:
     print(json.dumps(peaks))
 
 
-def _proc_status(key: str) -> int:
+def proc_status(key: str) -> int:
     with open("/proc/self/status") as handle:
         for line in handle:
             if line.startswith(key + ":"):
