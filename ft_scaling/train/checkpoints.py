@@ -249,6 +249,9 @@ def overlay(base: dict, top: dict) -> dict:
 def initial_params(fresh: dict, base: dict, is_method_param) -> dict:
     """Fresh params with every base leaf restored; checks shapes and what may stay fresh.
 
+    A leaf of `fresh` that the base has may be a jax.ShapeDtypeStruct on its sharding (only
+    its shape, dtype and sharding are read); one the base lacks must be an array.
+
     Raises:
       CheckpointError naming the first path that is missing from the base without being a
       method parameter, has another shape, or exists only in the base.
@@ -325,13 +328,21 @@ def _initial_state(model, method, optimizer, sequence_length, seed, base_path, m
     the checkpoint is restored into.
     """
     rng = jax.random.PRNGKey(seed)
-    params = trainer.init_params(model, jax.random.fold_in(rng, 1), sequence_length, mesh, rules)
+    init_rng = jax.random.fold_in(rng, 1)
     if base_path:
         hf_dir = run_setup.base_directory(base_path)  # None unless a Hugging Face checkpoint
         base = hf_loading.load_pretrained(hf_dir, mesh, rules)[1] if hf_dir else None
         base = _base_params(base_path) if base is None else base
-        params = initial_params(params, base, method.is_method_param)
+        # Only the leaves the base lacks are drawn (the method's): the same values as in a
+        # full init, for a fraction of its compile (trainer.init_params).
+        abstract = trainer.abstract_on_mesh(model, sequence_length, mesh, rules)
+        in_base = traverse_util.flatten_dict(base)
+        fresh_paths = [p for p in traverse_util.flatten_dict(abstract) if p not in in_base]
+        fresh = trainer.init_params(model, init_rng, sequence_length, mesh, rules, fresh_paths)
+        params = initial_params(overlay(abstract, fresh), base, method.is_method_param)
         base_path = hf_dir or files.absolute(base_path)
+    else:
+        params = trainer.init_params(model, init_rng, sequence_length, mesh, rules)
     after_restore = getattr(method, "after_restore", None)
     if after_restore is not None:
         params = after_restore(params, jax.random.fold_in(rng, 2))

@@ -6,6 +6,9 @@ decays 0.01 -> 0.001; finetuning reuses the schedule with a per-method peak rate
 
 import dataclasses
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
 
 SCHEDULES = ("constant", "rsqrt", "cosine")
@@ -44,6 +47,26 @@ def schedule(
     if warmup_steps == 0:
         return after
     return optax.join_schedules([warmup, after], [warmup_steps])
+
+
+class RateTable:
+    """A schedule's rate at every step of a run, computed once as float32 numpy.
+
+    The loop asks for one rate per step; evaluating an optax schedule eagerly dispatches device
+    ops whose result the host waits for, behind the step in flight, so every step would stall
+    the host until the previous step finished (13 s of a smoke study's packed steps).
+    """
+
+    def __init__(self, schedule: optax.Schedule, total_steps: int):
+        self.schedule = schedule
+        steps = jnp.arange(total_steps + 1)  # jnp: a warmup join's unused branch may divide by 0
+        rates = np.asarray(jax.device_get(schedule(steps)), np.float32)
+        self.rates = np.broadcast_to(rates, steps.shape)  # a constant schedule gives a scalar
+
+    def __call__(self, step: int) -> np.float32:
+        if 0 <= step < len(self.rates):
+            return self.rates[step]
+        return np.float32(self.schedule(step))  # past the end (never trained there): exact
 
 
 @dataclasses.dataclass(frozen=True)

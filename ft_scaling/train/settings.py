@@ -81,10 +81,11 @@ class Schedule:
     warmup_steps: int = 0
     final_fraction: float = 0.1
 
-    def build(self, total_steps: int):
-        return optimizers.schedule(
+    def build(self, total_steps: int) -> optimizers.RateTable:
+        schedule = optimizers.schedule(
             self.peak, total_steps, self.kind, self.warmup_steps, self.final_fraction
         )
+        return optimizers.RateTable(schedule, total_steps)
 
 
 @dataclasses.dataclass(frozen=True)
