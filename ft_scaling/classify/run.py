@@ -163,9 +163,12 @@ def build_model(spec, settings, num_classes, base_path, seed, mesh, rules) -> _M
     method = registry.get(spec.tuning)()
     model = method.wrap(decoder.Decoder(settings.model_config))
     rng = jax.random.PRNGKey(seed)
-    params = trainer.init_params(model, rng, settings.sequence_length, mesh, rules)
+    length = settings.sequence_length
     if base_path:
-        params = checkpoints.initial_params(params, _base_params(base_path), method.is_method_param)
+        base_tree = _base_params(base_path)
+        params = checkpoints.params_from_base(model, rng, length, mesh, rules, base_tree, method)
+    else:
+        params = trainer.init_params(model, rng, length, mesh, rules)
     params = method.after_restore(params, jax.random.fold_in(rng, 2))
     classifier = _classifier(spec.kind, model, num_classes)
     extra = classifier.init_extra(

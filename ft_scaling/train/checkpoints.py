@@ -246,6 +246,17 @@ def overlay(base: dict, top: dict) -> dict:
     return traverse_util.unflatten_dict(flat)
 
 
+def params_from_base(model, rng, sequence_length: int, mesh, rules, base: dict, method) -> dict:
+    """A run's params from a base checkpoint's: the leaves the base lacks (the method's) drawn
+    fresh, as a full init would draw them, for a fraction of its compile (trainer.init_params);
+    checked as `initial_params` checks."""
+    abstract = trainer.abstract_on_mesh(model, sequence_length, mesh, rules)
+    in_base = traverse_util.flatten_dict(base)
+    fresh_paths = [p for p in traverse_util.flatten_dict(abstract) if p not in in_base]
+    fresh = trainer.init_params(model, rng, sequence_length, mesh, rules, fresh_paths)
+    return initial_params(overlay(abstract, fresh), base, method.is_method_param)
+
+
 def initial_params(fresh: dict, base: dict, is_method_param) -> dict:
     """Fresh params with every base leaf restored; checks shapes and what may stay fresh.
 
@@ -333,13 +344,7 @@ def _initial_state(model, method, optimizer, sequence_length, seed, base_path, m
         hf_dir = run_setup.base_directory(base_path)  # None unless a Hugging Face checkpoint
         base = hf_loading.load_pretrained(hf_dir, mesh, rules)[1] if hf_dir else None
         base = _base_params(base_path) if base is None else base
-        # Only the leaves the base lacks are drawn (the method's): the same values as in a
-        # full init, for a fraction of its compile (trainer.init_params).
-        abstract = trainer.abstract_on_mesh(model, sequence_length, mesh, rules)
-        in_base = traverse_util.flatten_dict(base)
-        fresh_paths = [p for p in traverse_util.flatten_dict(abstract) if p not in in_base]
-        fresh = trainer.init_params(model, init_rng, sequence_length, mesh, rules, fresh_paths)
-        params = initial_params(overlay(abstract, fresh), base, method.is_method_param)
+        params = params_from_base(model, init_rng, sequence_length, mesh, rules, base, method)
         base_path = hf_dir or files.absolute(base_path)
     else:
         params = trainer.init_params(model, init_rng, sequence_length, mesh, rules)
