@@ -104,7 +104,11 @@ def closed_form_critical(params_1, params_2) -> tuple[float, float]:
     method 1 being the paper's "A" in "A vs B". Solves A_1 X^-a1 D^-b1 = A_2 X^-a2 D^-b2.
     """
     beta_gap = params_1["beta"] - params_2["beta"]
-    h = (params_1["A"] / params_2["A"]) ** (1.0 / beta_gap)
+    if beta_gap == 0:  # parallel in D_f: the gap never closes, there is no D_f^c
+        return float("nan"), float("nan")
+    # In logs: with nearly equal betas H is beyond float range (inf or 0), not an error.
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        h = np.exp(np.log(params_1["A"] / params_2["A"]) / beta_gap)
     gamma = (params_2["alpha"] - params_1["alpha"]) / beta_gap
     return float(h), float(gamma)
 

@@ -103,3 +103,17 @@ def test_exponent_comparison_is_paired_over_successful_replicates():
     result = analysis.exponent_comparison({"model_params": model, "pretrain_tokens": tokens})
     assert result[("model_params", "pretrain_tokens")] == pytest.approx(2 / 3)
     assert result[("pretrain_tokens", "model_params")] == pytest.approx(1 / 3)
+
+
+def test_closed_form_with_nearly_equal_betas_is_out_of_range_not_an_error():
+    # The demo's fits once gave beta_1 - beta_2 ~ 1e-4: (A_1/A_2)^(1/gap) overflowed and
+    # raised OverflowError in the report.
+    first = {"A": 5e4, "alpha": 0.5, "beta": 0.2001, "E": 0.7}
+    second = {"A": 300.0, "alpha": 0.35, "beta": 0.2, "E": 0.7}
+    h, gamma = analysis.closed_form_critical(first, second)
+    assert h == float("inf") and gamma == pytest.approx(-1500.0)
+    h, _ = analysis.closed_form_critical(second, first)
+    assert h == float("inf")  # (A_2/A_1)^(1/-gap) = (A_1/A_2)^(1/gap)
+    h, _ = analysis.closed_form_critical({**first, "A": 1e-4}, second)
+    assert h == 0.0
+    assert all(np.isnan(analysis.closed_form_critical(second, dict(second))))
