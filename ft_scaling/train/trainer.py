@@ -58,8 +58,14 @@ def init_params(model: nn.Module, rng: jax.Array, sequence_length: int, mesh, ru
 
 
 def abstract_on_mesh(model: nn.Module, sequence_length: int, mesh, rules) -> dict:
-    """The params as ShapeDtypeStructs on their shardings (unboxed): nothing allocated."""
-    boxed = abstract_params(model, sequence_length)
+    """The params as ShapeDtypeStructs on their shardings (unboxed): nothing allocated.
+    Cached per model: the caller must not modify the tree."""
+    return _abstract_on_mesh(_ModelKey(model), sequence_length, mesh, rules)
+
+
+@functools.lru_cache(maxsize=32)
+def _abstract_on_mesh(model_key, sequence_length: int, mesh, rules) -> dict:
+    boxed = abstract_params(model_key.model, sequence_length)
     shardings = nn.meta.unbox(partitioning.param_shardings(boxed, mesh, rules))
     return jax.tree.map(
         lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
@@ -78,8 +84,8 @@ class _ModelKey(losses.ContentHashed):
 @functools.lru_cache(maxsize=32)
 def _jitted_init(model_key: _ModelKey, sequence_length, mesh, rules, paths=None):
     model = model_key.model
-    boxed = abstract_params(model, sequence_length)
-    shardings = nn.meta.unbox(partitioning.param_shardings(boxed, mesh, rules))
+    abstract = _abstract_on_mesh(model_key, sequence_length, mesh, rules)
+    shardings = jax.tree.map(lambda leaf: leaf.sharding, abstract)
     if paths is not None:
         flat = traverse_util.flatten_dict(shardings)
         unknown = sorted("/".join(p) for p in paths if p not in flat)
