@@ -8,11 +8,14 @@
               finetuning run once its base has a row; a lease that expired is taken over)
           none runnable but some unfinished -> wait `poll_s` and claim again
           none unfinished                   -> done
-          train it (execute.py) under a Lease: a thread renews it every lease_s / 3, so a
-              worker that dies stops renewing and its run is claimable lease_s later; the
-              next worker resumes it from its checkpoints in the same MODEL_DIR
+          train it (execute.py) under its lease (Leases: a thread renews it every lease_s / 3),
+              so a worker that dies stops renewing and its run is claimable lease_s later;
+              the next worker resumes it from its checkpoints in the same MODEL_DIR
           its row is recorded, then the lease released (at once also when the worker is
               preempted or interrupted, so another worker may take the run over)
+
+With Study.pack_runs = K > 1 a worker trains its finetuning runs in packs of claimed runs
+(study/claimed_packs.py).
 
 Why claims: with i mod P a pod that drew the large runs works long after the others sit idle;
 claiming the next run keeps every worker busy until the plan runs out (benchmarks/claims_idle.py
@@ -56,37 +59,57 @@ class ClaimSettings:
         return self.worker or f"{socket.gethostname()}-{os.getpid()}"
 
 
-class Lease:
-    """Renews a claim in a background thread while the run trains (train/loop.py untouched)."""
+class Leases:
+    """Renews the claims of the runs a worker trains (one run, or a pack's runs) in one
+    background thread, every lease_s / 3 (train/loop.py untouched); `release` gives one back
+    when its run is recorded, leaving the block gives back every one still held."""
 
-    def __init__(self, store, run_id: str, worker: str, lease_s: float):
-        self._store, self._run_id, self._worker, self._lease_s = store, run_id, worker, lease_s
+    def __init__(self, store, worker: str, lease_s: float, run_ids=()):
+        self._store, self._worker, self._lease_s = store, worker, lease_s
+        self._held, self._lock = set(run_ids), threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._renew, daemon=True, name=f"lease-{run_id}")
+        self._thread = threading.Thread(target=self._renew, daemon=True, name=f"lease-{worker}")
+
+    def add(self, run_id: str) -> None:
+        """A run just claimed (store.claim took its lease): renewed from now on."""
+        with self._lock:
+            self._held.add(run_id)
+
+    def release(self, run_id: str) -> None:
+        with self._lock:
+            self._held.discard(run_id)
+        self._store.release(run_id, self._worker)
 
     def _renew(self) -> None:
         while not self._stop.wait(self._lease_s / 3):
-            try:
-                if not self._store.renew(self._run_id, self._worker, self._lease_s):
-                    log.warning("lease of run %s was taken over by another worker", self._run_id)
-                    return
-            except Exception as err:  # a database hiccup: the next renewal may get through
-                log.warning("renewing the lease of run %s failed: %s", self._run_id, err)
+            with self._lock:
+                held = sorted(self._held)
+            for run_id in held:
+                try:
+                    if not self._store.renew(run_id, self._worker, self._lease_s):
+                        log.warning("lease of run %s was taken over by another worker", run_id)
+                        with self._lock:
+                            self._held.discard(run_id)
+                except Exception as err:  # a database hiccup: the next renewal may get through
+                    log.warning("renewing the lease of run %s failed: %s", run_id, err)
 
-    def __enter__(self) -> "Lease":
+    def __enter__(self) -> "Leases":
         self._thread.start()
         return self
 
     def __exit__(self, error_type, error, traceback) -> None:
         self._stop.set()
         self._thread.join()
-        # Also when preempted or interrupted: another worker may take the run over at once.
-        try:
-            self._store.release(self._run_id, self._worker)
-        except Exception as err:  # the database is down: the lease expires by itself
-            if error_type is None:
-                raise
-            log.warning("releasing the lease of run %s failed: %s", self._run_id, err)
+        # Also when preempted or interrupted: another worker may take the runs over at once.
+        with self._lock:
+            held, self._held = sorted(self._held), set()
+        for run_id in held:
+            try:
+                self._store.release(run_id, self._worker)
+            except Exception as err:  # the database is down: the lease expires by itself
+                if error_type is None:
+                    raise
+                log.warning("releasing the lease of run %s failed: %s", run_id, err)
 
 
 @contextlib.contextmanager
@@ -106,7 +129,7 @@ def holding(store, run_id: str, settings: ClaimSettings | None, wait: bool = Tru
             yield False
             return
         time.sleep(settings.poll_s)
-    with Lease(store, run_id, settings.name(), settings.lease_s):
+    with Leases(store, settings.name(), settings.lease_s, [run_id]):
         yield True
 
 
@@ -164,7 +187,7 @@ def run_claimed(
         run = runs[position]
         sys.stderr.write(f"[study {name}] {settings.name()} claimed {run.kind} {run.run_id}\n")
         if leader:
-            with Lease(store, run.run_id, settings.name(), settings.lease_s):
+            with Leases(store, settings.name(), settings.lease_s, [run.run_id]):
                 record = execute_run(run, bool(dependency_failed))
         else:
             record = execute_run(run, bool(dependency_failed))

@@ -15,7 +15,8 @@ checkpoints remain); running the same command again continues where it stopped.
 
 Two ways to share a study between workers:
   --store=URL    every worker claims runs from one store (study/claims.py): no idle worker
-                 while runs are left, a dead worker's run reclaimed after its lease
+                 while runs are left, a dead worker's run reclaimed after its lease; with
+                 Study.pack_runs = K a worker claims packs of runs (study/claimed_packs.py)
   --worker_index/--num_workers   without a database: run i goes to worker i mod P, each worker
                  writes its own OUT/results_w<i>of<P>.sqlite
 """
@@ -30,8 +31,8 @@ import time
 import jax
 
 from ft_scaling import files
+from ft_scaling.study import claimed_packs, execute, generation, packed, suites, sweep
 from ft_scaling.study import claims as claims_lib
-from ft_scaling.study import execute, generation, packed, suites, sweep
 from ft_scaling.study import store as store_lib
 from ft_scaling.train import summary as summary_lib
 
@@ -108,18 +109,24 @@ class _Execution:
         failed = {**run.record, "run_dir": model_dir}
         return execute.execute(self.store, run.run_id, run.kind, train, failed)
 
-    def prepare(self, run: sweep.Run):
+    def prepare(self, run: sweep.Run, claimed: bool = False):
         """The run set up for a pack (`loop.prepared`: its dependency finished, its gin parsed
-        and checked); None when that failed, recorded as the run's failure."""
+        and checked); None when that failed, recorded as the run's failure.
+
+        `claimed` (a candidate of a pack of claimed runs, whose dependency has a row): neither
+        waits nor records; a run that fails here trains alone when claimed, failing there."""
         try:
-            if run.depends_on:
+            if run.depends_on and not claimed:
                 _wait_for(self.by_id[run.depends_on], self.out_dir, self.dependency_timeout_s)
             execute.parse_run_gin(run, run.model_dir(self.out_dir))
             from ft_scaling.train import loop  # imports JAX and the input pipeline
 
             return loop.prepared()
         except Exception as err:  # noqa: BLE001  (recorded with its traceback, as execute does)
-            self.record(run, err)
+            if claimed:
+                log.info("run %s does not set up for a pack (it trains alone): %s", run.run_id, err)
+            else:
+                self.record(run, err)
             return None
 
     def record(self, run: sweep.Run, outcome) -> "execute.Record":  # (the module)
@@ -176,13 +183,11 @@ def run_study(
                 if study.pack_runs > 1:
                     return packed.run_packed(study.name, mine, execution, study.pack_runs)
                 return _run_all(study.name, mine, execution)
-            if study.pack_runs > 1:
-                log.warning(
-                    "Study.pack_runs=%d: runs claimed from a shared store train one at a "
-                    "time (packing claims K runs at once: not built yet)",
-                    study.pack_runs,
-                )
             settings = claims or claims_lib.ClaimSettings()
+            if study.pack_runs > 1:
+                return claimed_packs.run_claimed_packed(
+                    study.name, runs, store, execution, settings, leader, study.pack_runs
+                )
             return claims_lib.run_claimed(
                 study.name, runs, store, execution.execute, settings, leader
             )

@@ -284,18 +284,31 @@ class ResultsStore:
                 values = dict(run_id=run_id, position=start + offset, depends_on=depends_on)
                 conn.execute(self._insert(CLAIMS).values(attempts=0, **values))
 
-    def claim(self, worker: str, lease_s: float, since: float, now: float | None = None):
-        """Claims the next runnable run for `worker` (module docstring); its id, or None."""
+    def claim(
+        self,
+        worker: str,
+        lease_s: float,
+        since: float,
+        now: float | None = None,
+        among: Sequence[str] | None = None,
+    ):
+        """Claims the next runnable run for `worker` (module docstring); its id, or None.
+        `among`: only one of these runs, the first runnable in the order given (a pack's
+        candidates, longest first)."""
         now = time.time() if now is None else now
         with self._engine.begin() as conn:
-            query = (
-                sa.select(CLAIMS.c.run_id)
-                .where(~_done(CLAIMS.c.run_id, since), _ready(since), _free(now))
-                .order_by(CLAIMS.c.position)
-                .limit(1)
-                .with_for_update(skip_locked=True, of=CLAIMS)
+            query = sa.select(CLAIMS.c.run_id).where(
+                ~_done(CLAIMS.c.run_id, since), _ready(since), _free(now)
             )
-            run_id = conn.execute(query).scalar()
+            if among is None:
+                query = query.order_by(CLAIMS.c.position).limit(1)
+            else:
+                query = query.where(CLAIMS.c.run_id.in_(list(among)))
+            # Rows another worker is claiming are skipped, not waited for (PostgreSQL).
+            found = conn.execute(query.with_for_update(skip_locked=True, of=CLAIMS)).scalars()
+            runnable = set(found)
+            order = list(among) if among is not None else sorted(runnable)
+            run_id = next((r for r in order if r in runnable), None)
             if run_id is not None:
                 conn.execute(
                     sa.update(CLAIMS)
@@ -347,6 +360,20 @@ class ResultsStore:
                 .where(CLAIMS.c.run_id == run_id, CLAIMS.c.worker == worker)
                 .values(lease_until=None)
             )
+
+    def runnable(self, since: float, among: Sequence[str], now: float | None = None) -> list:
+        """The runs of `among` a claim could take now (in the order given): no row (or one
+        failed before `since`), their dependency has a row, no live lease holds them."""
+        now = time.time() if now is None else now
+        with self._engine.connect() as conn:
+            query = sa.select(CLAIMS.c.run_id).where(
+                ~_done(CLAIMS.c.run_id, since),
+                _ready(since),
+                _free(now),
+                CLAIMS.c.run_id.in_(list(among)),
+            )
+            found = set(conn.execute(query).scalars())
+        return [run_id for run_id in among if run_id in found]
 
     def remaining(self, since: float) -> int:
         """Runs of the plan without a finished row (or a row failed since `since`)."""

@@ -110,28 +110,47 @@ class _Slot:
         return self.prepared.run.settings.model_dir
 
 
+class RunQueue:
+    """The runs a pack takes, in order: a fixed list (this worker's own runs of a group).
+
+    The pack asks `len(queue)` (runs it could take now: sizes the pack, refills idle slots)
+    and `take()` (the next, or None). study/claimed_packs.py's queue claims them from a
+    shared store instead; `runs` are every run the pack may take (their methods fix its
+    layout: LoRA's padded rank)."""
+
+    def __init__(self, runs: Sequence[loop.Prepared]):
+        self.runs, self._left = list(runs), collections.deque(runs)
+
+    def __len__(self) -> int:
+        return len(self._left)
+
+    def take(self) -> loop.Prepared | None:
+        return self._left.popleft() if self._left else None
+
+
 class PackedTrainer:
     """Trains runs of one pack group, `slots` at a time (module docstring).
 
     Args:
       runs: set-up runs (`loop.prepared`) with equal `pack_group`s, trained in this order
-        (the caller sorts them longest first).
+        (the caller sorts them longest first); or a queue with RunQueue's methods.
       slots: K, the most runs trained at once; fewer when the memory estimate says so
         (`pack_memory.fit`, in the log) or when there are fewer runs.
       done: called once per run with its written summary, or the error that ended it.
     """
 
-    def __init__(self, runs: Sequence[loop.Prepared], slots: int, done: Done):
-        if not runs:
+    def __init__(self, runs: "Sequence[loop.Prepared] | RunQueue", slots: int, done: Done):
+        queue = runs if hasattr(runs, "take") else RunQueue(runs)
+        if not queue.runs:
             raise ValueError("a pack needs at least one run")
-        groups = {pack_group(p.run) for p in runs}
+        groups = {pack_group(p.run) for p in queue.runs}
         if len(groups) != 1 or None in groups:
             raise ValueError(f"runs of {len(groups)} pack groups cannot share a pack")
-        first = runs[0].run
-        self.queue, self.requested, self.done = collections.deque(runs), slots, done
+        first = queue.runs[0].run
+        self.queue, self.requested, self.done = queue, slots, done
         self.mesh, self.rules, self.cfg = first.mesh, first.rules, first.settings.loop
         self.eval_spec = first.eval_spec
-        methods = [p.run.settings.method for p in runs]
+        methods = [p.run.settings.method for p in queue.runs]
         base_model = decoder.Decoder(first.settings.model_config)
         self.layout = pack_layout.layout(base_model, methods, first.settings.optimizer)
         self.loss = losses.LMLoss(self.layout.model)
@@ -173,12 +192,14 @@ class PackedTrainer:
         if jax.process_index() == 0:
             sys.stderr.write(f"[pack] {message}\n")
         self.slots = [first]
-        while len(self.slots) < slots and self.queue:
+        while len(self.slots) < slots and len(self.queue):
             slot = self._open_next()
             if slot is None:
                 break
             slot.training.frozen = self.frozen  # its own copy of the base is freed at once
             self.slots.append(slot)
+        if len(self.slots) < slots and jax.process_index() == 0:  # other workers took them
+            sys.stderr.write(f"[pack] {len(self.slots)} of the {slots} runs were free to take\n")
         solo = [self.layout.to_slot(s.training.state, s.method) for s in self.slots]
         self.state = packed_step.stack(solo)
         self.variables = self._stacked_variables()
@@ -201,8 +222,7 @@ class PackedTrainer:
 
     def _open_next(self) -> _Slot | None:
         """The next queued run that restores, as a slot; runs that cannot are done() failed."""
-        while self.queue:
-            prepared = self.queue.popleft()
+        while (prepared := self.queue.take()) is not None:
             try:
                 training = prepared.open()
             except Exception as err:
@@ -212,6 +232,11 @@ class PackedTrainer:
             if training.step >= training.run.stop_step:  # killed after its last checkpoint
                 self.done(prepared, self._finish_alone(prepared, training))
                 continue
+            if training.step and jax.process_index() == 0:
+                sys.stderr.write(
+                    f"[pack] {prepared.run.settings.model_dir} resumes at step "
+                    f"{training.step}/{training.run.total_steps}\n"
+                )
             with prepared.timer.phase("input"):
                 position = int(training.meta["data_position"])
                 batches = input_pipeline.train_batches(training.run.spec, position, prefetch=0)
@@ -282,7 +307,7 @@ class PackedTrainer:
                 self._guarded(slot, lambda t, i=index, d=dev: self._save(i, t, d))
         self._finish([i for i in ending if self.slots[i].busy], devs)
         for index, slot in enumerate(self.slots):  # runs that ended (or failed) leave room
-            if not slot.busy and self.queue:
+            if not slot.busy and len(self.queue):
                 self._refill(index)
 
     def _stop(self, index: int) -> int:

@@ -106,6 +106,30 @@ def test_an_expired_lease_is_reclaimed_and_a_renewed_one_is_not(location):
     store.close()
 
 
+def test_a_pack_claims_among_its_candidates_in_their_order(location):
+    """store.claim(among=...) (study/claimed_packs.py): the first runnable candidate in the
+    order given (longest first), never a held, finished or waiting one; `runnable` lists
+    what such a claim could take now, in the same order."""
+    store = store_lib.ResultsStore(location)
+    store.add_plan(PLAN)
+    now = 1000.0
+    assert store.claim("w0", 10, 0, now=now) == "pre_a"
+    store.record("pre_a", "pretrain", "finished", {})
+    candidates = ["ft_a2", "ft_b1", "ft_a1"]  # ft_b1 waits for pre_b
+    assert store.runnable(0, candidates, now=now) == ["ft_a2", "ft_a1"]
+    assert store.claim("w1", 10, 0, now=now, among=candidates) == "ft_a2"
+    assert store.runnable(0, candidates, now=now) == ["ft_a1"]  # ft_a2 is w1's now
+    store.record("ft_a1", "finetune", "finished", {})
+    assert store.runnable(0, candidates, now=now) == []
+    assert store.claim("w2", 10, 0, now=now, among=candidates) is None
+    # w1's lease runs out: its candidate is claimable again; outside `among` nothing is taken.
+    assert store.claim("w2", 10, 0, now=now + 11, among=["ft_a2"]) == "ft_a2"
+    assert store.claim("w2", 10, 0, now=now + 11, among=["ft_b1"]) is None
+    assert store.claim("w2", 10, 0, now=now + 11) == "pre_b"  # plan order without `among`
+    assert store.claims()["ft_a2"]["attempts"] == 2
+    store.close()
+
+
 def test_concurrent_claims_take_every_run_exactly_once(location):
     plan = [(f"run{i:02d}", None) for i in range(40)]
     setup = store_lib.ResultsStore(location)
