@@ -90,7 +90,8 @@ def _candidates(store, runs, run, group, setups, since) -> list[int]:
 def _agree_list(values: list[int]) -> list[int]:
     """Process 0's list on every host (its length first, then its items)."""
     (length,) = claims.agree([len(values)])
-    return claims.agree(values) if length else []
+    # Every host sends an array of the same shape (the others' values are ignored).
+    return claims.agree(values if values else [0] * length) if length else []
 
 
 class _SetUps:
@@ -166,7 +167,8 @@ class _ClaimedQueue:
         prepared = self._setups.get(run)
         self._setups.used(run.run_id)
         self.run_of[id(prepared)] = run
-        sys.stderr.write(f"[pack] {self._settings.name()} claimed finetune {run.run_id}\n")
+        if self.leader:
+            sys.stderr.write(f"[pack] {self._settings.name()} claimed finetune {run.run_id}\n")
         return prepared
 
 

@@ -219,7 +219,7 @@ def load_params(path: str, prefer_best: bool = True) -> tuple[dict, dict]:
             step = (store.best_step() if prefer_best else None) or store.latest_step()
         if step is None:
             raise CheckpointError(f"no finished checkpoint under {model_dir}")
-        state, meta = store.restore(step)
+        state, meta = store.restore(step, _on_this_host(store.directory, step))
     finally:
         store.close()
     params = state["params"]
@@ -228,6 +228,23 @@ def load_params(path: str, prefer_best: bool = True) -> tuple[dict, dict]:
     if meta.get("base_checkpoint"):
         params = overlay(_base_of(meta["base_checkpoint"]), params)
     return params, meta
+
+
+def _on_this_host(directory: str, step: int):
+    """The saved tree's shapes and dtypes, every array whole on this process's first device;
+    None (orbax's saved shardings) when its metadata is unreadable. Restoring into the saved
+    shardings fails on another topology: a base saved by one host, read by every host of a
+    pod, names devices that are not the other hosts' ("the Array has no addressable shards")."""
+    saved = checkpoint_steps.tree_metadata(directory, step)
+    if saved is None:
+        return None
+    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    is_array = lambda x: hasattr(x, "shape") and hasattr(x, "dtype")  # noqa: E731
+    return jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=local) if is_array(m) else m,
+        saved,
+        is_leaf=is_array,
+    )
 
 
 def _base_of(path: str) -> dict:

@@ -12,6 +12,7 @@ every metrics row at rtol 1e-5, as a packed study equals a solo one).
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -42,12 +43,14 @@ def solo(base, tmp_path_factory) -> dict:
     return micro_pack.rows(out)
 
 
-def _worker(base: str, out, url: str, log, cache: str) -> subprocess.Popen:
+def _worker(base: str, out, url: str, log, cache: str, extra=(), env=None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "ft_scaling.cli", "study", f"--gin_file={micro_pack.GIN}"]
     cmd += [f"--out={out}", "--no_report", f"--store={url}", f"--lease_seconds={LEASE_S}"]
     bindings = micro_pack.study_bindings(base, micro_pack.PACK_RUNS)
-    cmd += [f"--gin.{b}" for b in [*bindings, micro_pack.methods_binding(METHODS)]]
-    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
+    methods = list(extra) or [micro_pack.methods_binding(METHODS)]
+    cmd += [f"--gin.{b}" for b in [*bindings, *methods]]
+    env = dict(os.environ, **(env or {}), PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
+    env["JAX_PLATFORMS"] = "cpu"
     env.update(  # the workers share compiled programs, as the pods of a study would not
         JAX_COMPILATION_CACHE_DIR=cache,
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
@@ -123,3 +126,45 @@ def _latest_checkpoint(out, run_id: str) -> int | None:
         [int(p.name) for p in directory.glob("*") if p.name.isdigit()] if directory.is_dir() else []
     )
     return max(steps, default=None)
+
+
+def test_a_pod_of_two_processes_trains_claimed_packs_as_one_program(
+    base, solo, postgres_url, tmp_path
+):
+    """Two JAX processes (jax.distributed, gloo) as one worker: process 0 claims the pack's
+    runs and broadcasts each claim and candidate list; both train the same pack on a mesh of
+    their 2 devices, and the rows equal the 1-device solo runs."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out, cache = tmp_path / "pod", str(tmp_path / "compiled")
+    env = {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2"}
+    logs = [tmp_path / f"process{i}.log" for i in range(2)]
+    handles = [open(path, "w") for path in logs]
+    lora = micro_pack.methods_binding(micro_pack.LORA)
+    procs = [
+        _worker(base, out, postgres_url, h, cache, [lora], {**env, "JAX_PROCESS_ID": str(i)})
+        for i, h in enumerate(handles)
+    ]
+    try:
+        codes = [proc.wait(timeout=900) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+        for handle in handles:
+            handle.close()
+    assert codes == [0, 0], "\n".join(_read(path)[-3000:] for path in logs)
+    watcher = store_lib.ResultsStore(postgres_url)
+    found = watcher.rows(kind="finetune", status="finished")
+    workers = {c["worker"] for c in watcher.claims().values()}
+    watcher.close()
+    rows = {r["config_hash"]: r for r in found}
+    expected = {k: v for k, v in solo.items() if v["method"] in micro_pack.LORA}
+    assert len(found) == len(expected) == 6
+    differences = micro_pack.compare(expected, rows, RTOL)
+    assert not differences, "\n".join(differences[:30])
+    first, second = (_read(path) for path in logs)
+    assert "[pack] pack of 4 runs" in first and "sharded over 2 device(s)" in first
+    assert len(workers) == 1  # one worker: process 1 never talked to the store
+    assert "[pack]" not in second  # it follows: process 0 alone writes the pack's lines

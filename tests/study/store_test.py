@@ -76,7 +76,7 @@ def test_claims_follow_plan_order_and_dependencies(location):
     assert store.claim("w0", 60, since) == "ft_a1"
     assert store.claim("w0", 60, since) == "ft_a2"
     store.record("pre_b", "pretrain", "failed", {}, "boom")  # failed: its runs are claimable
-    store.release("pre_b", "w1")  # as the worker's Lease does once the row is recorded
+    store.release("pre_b", "w1")  # as the worker's Leases do once the row is recorded
     assert store.claim("w1", 60, since) == "ft_b1"
     assert store.remaining(since) == 3
     for run_id in ("ft_a1", "ft_a2", "ft_b1"):
