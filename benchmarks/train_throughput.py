@@ -56,13 +56,13 @@ class Variant:
     times: list = dataclasses.field(default_factory=list)
 
 
-def tokens() -> np.ndarray:
-    return np.random.default_rng(0).integers(3, 8000, (BATCH, LENGTH)).astype(np.int32)
+def tokens(batch: int = BATCH, length: int = LENGTH) -> np.ndarray:
+    return np.random.default_rng(0).integers(3, 8000, (batch, length)).astype(np.int32)
 
 
-def lora_flops_per_token(config: configs.ModelConfig) -> float:
+def lora_flops_per_token(config: configs.ModelConfig, length: int = LENGTH) -> float:
     """FMT FLOPs minus the frozen weights' gradients, plus the rank-r factors of q, k, v, o."""
-    full = configs.train_flops_per_token(config, LENGTH)
+    full = configs.train_flops_per_token(config, length)
     d, heads, kv = config.embed_dim, config.num_heads, config.num_kv_heads
     base_weights = config.num_layers * (configs.block_param_count(config) - 2 * d)
     base_weights += config.vocab_size * d
@@ -97,7 +97,9 @@ def _best(fn, repeats: int) -> float:
     return best
 
 
-def ours(config: configs.ModelConfig, method: str, dtype: str) -> Variant:
+def ours(
+    config: configs.ModelConfig, method: str, dtype: str, batch: int = BATCH, length: int = LENGTH
+) -> Variant:
     """Our compiled train step on a fixed batch; the state is carried between calls."""
     import flax.linen as nn
     import jax
@@ -114,13 +116,13 @@ def ours(config: configs.ModelConfig, method: str, dtype: str) -> Variant:
         chosen = full.FullModelTuning()
     model = chosen.wrap(decoder.Decoder(config))
     mesh, rules = partitioning.make_mesh(), partitioning.logical_rules()
-    params = trainer.init_params(model, jax.random.PRNGKey(0), LENGTH, mesh, rules)
+    params = trainer.init_params(model, jax.random.PRNGKey(0), length, mesh, rules)
     settings = optimizers.OptimizerSettings("adamw", 0.0, 1.0)
     state, frozen = trainer.create_state(
         params, chosen.trainable_mask(params), settings, jax.random.PRNGKey(1), mesh
     )
     train_step, _ = trainer.jit_steps(losses.LMLoss(model), settings, mesh, rules, state, frozen)
-    batch = _our_batch(jnp)
+    batch = _our_batch(jnp, batch, length)
     learning_rate = jnp.float32(1e-4)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         memory = train_step.__wrapped__.lower(state, frozen, batch, learning_rate).compile()
@@ -137,19 +139,19 @@ def ours(config: configs.ModelConfig, method: str, dtype: str) -> Variant:
         box[0], metrics = train_step(box[0], frozen, batch, learning_rate)
         jax.block_until_ready(metrics["loss"])
 
-    flops = lora_flops_per_token(config) if method == "lora" else None
-    flops = flops or configs.train_flops_per_token(config, LENGTH)
+    flops = lora_flops_per_token(config, length) if method == "lora" else None
+    flops = flops or configs.train_flops_per_token(config, length)
     return Variant(f"ours {method} {dtype}", step, flops, peak)
 
 
-def _our_batch(jnp) -> dict:
-    ids = tokens()
+def _our_batch(jnp, batch: int = BATCH, length: int = LENGTH) -> dict:
+    ids = tokens(batch, length)
     return {
         "decoder_input_tokens": jnp.asarray(ids),
         "decoder_target_tokens": jnp.asarray(np.roll(ids, -1, axis=1)),
-        "decoder_loss_weights": jnp.ones((BATCH, LENGTH), jnp.float32),
-        "decoder_segment_ids": jnp.ones((BATCH, LENGTH), jnp.int32),
-        "decoder_positions": jnp.broadcast_to(jnp.arange(LENGTH, dtype=jnp.int32), ids.shape),
+        "decoder_loss_weights": jnp.ones((batch, length), jnp.float32),
+        "decoder_segment_ids": jnp.ones((batch, length), jnp.int32),
+        "decoder_positions": jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), ids.shape),
     }
 
 
