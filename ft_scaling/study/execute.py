@@ -19,6 +19,8 @@
       flags.parse_gin(run.gin_files, run.bindings + MODEL_DIR) -> loop.train() -> RunSummary,
       checked: 'finished' (or 'paused' below the full budget) is returned; 'preempted' raises
       Preempted (its checkpoint is saved)
+    outcome_summary(outcome, what)                  a packed run's summary or error, checked
+                                                    as train_run checks its own
 
 A classification run (classify/run.py) is not a gin run; it hands `execute` its own callable.
 """
@@ -106,6 +108,17 @@ def check_status(
     if summary.status not in allowed:
         raise RuntimeError(f"{what} stopped with status {summary.status!r}")
     return summary
+
+
+def outcome_summary(
+    outcome, what: str, allowed: tuple[str, ...] = ("finished",)
+) -> summary_lib.RunSummary:
+    """A packed run's outcome (train/packed_loop.py hands over a summary or the error that
+    ended the run) as `train_run` would have returned it: the error raised, or the summary
+    checked by `check_status`."""
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return check_status(outcome, what, allowed)
 
 
 def train_run(run, model_dir: str, budget_fraction: float = 1.0) -> summary_lib.RunSummary:

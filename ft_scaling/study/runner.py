@@ -135,9 +135,7 @@ class _Execution:
         model_dir = run.model_dir(self.out_dir)
 
         def train() -> execute.Record:
-            if isinstance(outcome, BaseException):
-                raise outcome
-            summary = execute.check_status(outcome, f"run {run.run_id}")
+            summary = execute.outcome_summary(outcome, f"run {run.run_id}")
             if self.generation_metrics is not None:  # decoding reads the run's gin config
                 execute.parse_run_gin(run, model_dir)
             row = _row(run, summary, model_dir, self.generation_metrics)

@@ -220,3 +220,76 @@ def test_top_k_and_median_pruner_continue_only_unpruned_best(reference, tmp_path
     assert counts["full_budget"] == 1 and counts["pruned"] == sum(
         bool(r.get("pruned")) for r in rows
     )
+
+
+def test_trials_in_packs_equal_trials_one_by_one(reference, tmp_path, monkeypatch):
+    from ft_scaling.train import packed_loop
+
+    ref_dir, ref_counts, ref_rows, _, _ = reference
+    packed_trials = []
+    real_init = packed_loop.PackedTrainer.__init__
+
+    def counted_init(self, runs, slots, done, *args, **kwargs):
+        packed_trials.append(len(runs))
+        real_init(self, runs, slots, done, *args, **kwargs)
+
+    monkeypatch.setattr(packed_loop.PackedTrainer, "__init__", counted_init)
+    counter = Counter(monkeypatch)
+    config = _search(_base_binding(ref_dir), "Search.pack_trials = 3")
+    counts = search.run_search(config, str(tmp_path))
+    assert counts == ref_counts
+    # The 2 random startup trials' early phases train as one pack, TPE's third trial alone
+    # (its proposal needs the first two results), then the 3 continuations as one pack.
+    assert packed_trials == [2, 3]
+    assert counter.calls == [("trial", counter.calls[0][1], 0.5)]
+    assert counter.steps == 4  # the third trial's early steps; the rest in packs
+    rows = _by_params(str(tmp_path))
+    assert sorted(rows) == sorted(ref_rows)  # the same configs were proposed
+    for key, row in rows.items():
+        for metric in ("early_step", "steps", "best_step", "trials"):
+            assert row[metric] == ref_rows[key][metric], metric
+        for metric in ("early_dev_loss", "final_dev_loss", "last_dev_loss", "test_loss"):
+            assert row[metric] == pytest.approx(ref_rows[key][metric], rel=1e-5), metric
+
+
+def test_packed_trials_refuse_a_shared_store(tmp_path):
+    config = _search("Search.pack_trials = 2")
+    with pytest.raises(ValueError, match="pack_trials=2 packs one worker's trials"):
+        search.run_search(config, str(tmp_path), "sqlite:///" + str(tmp_path / "shared.db"))
+    assert not os.listdir(tmp_path)  # refused before anything was written
+
+
+def test_a_packed_search_preempted_mid_pack_resumes_to_the_same_results(
+    reference, tmp_path, monkeypatch
+):
+    from ft_scaling.train import packed_step
+
+    ref_dir, ref_counts, ref_rows, _, _ = reference
+    real_jit = packed_step.jit_packed_steps
+    packed_steps = [0]
+
+    def jit_packed_steps(*args, **kwargs):
+        train_fn, eval_fn = real_jit(*args, **kwargs)
+
+        def counted(*step_args):
+            out = train_fn(*step_args)
+            packed_steps[0] += 1
+            if packed_steps[0] == 4 + 2:  # 2 steps into the continuations' pack
+                os.kill(os.getpid(), signal.SIGTERM)
+            return out
+
+        return counted, eval_fn
+
+    monkeypatch.setattr(packed_step, "jit_packed_steps", jit_packed_steps)
+    config = _search(_base_binding(ref_dir), "Search.pack_trials = 3")
+    with pytest.raises(execute.Preempted):
+        search.run_search(config, str(tmp_path))
+    assert all(r["status"] == "early" for r in _by_params(str(tmp_path)).values())
+    assert search.run_search(config, str(tmp_path)) == ref_counts
+    assert packed_steps[0] == 4 + 2 + 2  # the continuations resumed at their 6th step
+    rows = _by_params(str(tmp_path))
+    assert sorted(rows) == sorted(ref_rows)
+    for key, row in rows.items():
+        assert row["steps"] == ref_rows[key]["steps"] and row["status"] == "finished"
+        for metric in ("final_dev_loss", "test_loss"):
+            assert row[metric] == pytest.approx(ref_rows[key][metric], rel=1e-5), metric

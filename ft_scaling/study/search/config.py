@@ -42,6 +42,8 @@ class Search:
       seed: seed of the sampler and of every trial's data order.
       startup_trials: random trials before TPE models the results.
       pruner: 'none' or 'median' (Optuna's MedianPruner on the early metric).
+      pack_trials: K > 1 trains the startup trials' early phases and the continuations in
+        packs of K (packs.py; one worker); 1 trains every trial alone.
       pretrain_bindings, finetune_bindings, gin_files: as in `sweep.Study`.
       method_bindings: bindings of the method, after finetune_bindings (e.g. a prompt's
         vocabulary range for the tiny models).
@@ -62,6 +64,7 @@ class Search:
     seed: int = 0
     startup_trials: int = 8
     pruner: str = "none"
+    pack_trials: int = 1
     pretrain_bindings: tuple[str, ...] = ()
     finetune_bindings: tuple[str, ...] = ()
     method_bindings: tuple[str, ...] = ()
@@ -75,6 +78,8 @@ class Search:
             raise ValueError(f"Search.early_fraction={self.early_fraction} must lie in (0, 1]")
         if self.trials < 1 or self.top_k < 1:
             raise ValueError(f"Search.trials={self.trials} and top_k={self.top_k} must be >= 1")
+        if self.pack_trials < 1:
+            raise ValueError(f"Search.pack_trials={self.pack_trials} must be >= 1 (1: no packs)")
 
     @property
     def method(self) -> str:

@@ -10,6 +10,8 @@
              in their MODEL_DIR to the full budget, so the early steps are not paid twice and
              the result equals an uninterrupted run; final metric = best dev metric of the run
     report   `report.py`: trials, best config, Spearman(early, final), top-5 overlap
+    packs    `Search.pack_trials` = K > 1: the startup trials' early phases and the
+             continuations train in packs of K (packs.py), with the results of one by one
 
 Every phase of every run is trained and recorded by the one run executor (study/execute.py):
 a run raising an error is recorded as failed and the search goes on; a preempted trainer
@@ -57,6 +59,7 @@ log = logging.getLogger(__name__)
 # trial.report steps are percent of a trial's budget: comparable across trials whose step
 # counts differ (batch size and epochs are searched), as a pruner needs.
 REPORT_STEPS = 100
+PHASE_ENDS = ("finished", "paused")  # how an early phase may end
 
 
 def open_study(
@@ -109,6 +112,11 @@ def run_search(
     Raises:
       store.StoreError: the database cannot be reached or holds another study.
     """
+    if store_url and search.pack_trials > 1:
+        raise ValueError(
+            f"Search.pack_trials={search.pack_trials} packs one worker's trials; a search "
+            f"shared through --store trains each trial alone: set Search.pack_trials=1"
+        )
     files.check_writable(out_dir)  # a bucket that cannot be written fails before training
     search_config.check_space(search, out_dir)
     search_config.write_settings(search, out_dir)
@@ -139,8 +147,15 @@ def _search(search, out_dir, store, store_url, shared) -> dict:
     with claims_lib.holding(store, "optuna-storage", shared):  # one creates its tables
         study = open_study(search, out_dir, store_url)
     _recover(search, study, store, shared)
+    if search.pack_trials > 1:
+        from ft_scaling.study.search import packs
+
+        packs.explore_startup(search, study, store, out_dir, progress, search.pack_trials)
     _explore(search, study, store, out_dir, progress, shared)
-    _continue(search, store, out_dir, progress, shared)
+    if search.pack_trials > 1:
+        packs.continue_chosen(search, store, out_dir, progress, search.pack_trials)
+    else:
+        _continue(search, store, out_dir, progress, shared)
     return counts(search, study, store)
 
 
@@ -227,9 +242,10 @@ def _explore(search, study, store, out_dir, progress, shared=None) -> None:
                 _trial(search, study, trial, run, store, out_dir, progress)
 
 
-def _trial(search, study, trial, run, store, out_dir, progress) -> None:
-    """The early phase of one asked trial, recorded, then told to Optuna."""
-    record, trained = _early_phase(search, run, trial.number, store, out_dir)
+def _trial(search, study, trial, run, store, out_dir, progress, outcome=None) -> None:
+    """The early phase of one asked trial, recorded, then told to Optuna. `outcome`: what a
+    pack trained for it (packs.py), a summary or the error that ended it; None trains here."""
+    record, trained = _early_phase(search, run, trial.number, store, out_dir, outcome)
     if record.status == "failed":  # recorded; the search goes on (TPE ignores it)
         trial.set_user_attr("error", record.error.splitlines()[0][:500])
         study.tell(trial, state=TrialState.FAIL)
@@ -250,17 +266,21 @@ def _wait_for_others(search, study, store, shared) -> bool:
     return True
 
 
-def _early_phase(search, run, number, store, out_dir) -> tuple[execute.Record, bool]:
-    """(record, trained): the run's record after its early phase, trained only if its row has
-    no early metric yet; the trial number joins the row's `trials` either way."""
+def _early_phase(search, run, number, store, out_dir, outcome=None) -> tuple[execute.Record, bool]:
+    """(record, trained): the run's record after its early phase, trained (or its pack's
+    `outcome` taken) only if its row has no early metric yet; the trial number joins the row's
+    `trials` either way."""
     before = trial_rows(store).get(run.run_id)
     trained = before is None or before.get(f"early_{search.metric}") is None
     model_dir = run.model_dir(out_dir)
 
     def train() -> execute.Record:
         row = before
-        if trained:
+        if trained and outcome is None:
             summary = execute.train_run(run, model_dir, search.early_fraction)
+        elif trained:
+            summary = execute.outcome_summary(outcome, f"run {run.run_id}", PHASE_ENDS)
+        if trained:
             row = _early_row(run, summary, model_dir)
         row = {**row, "trials": sorted({*row.get("trials", []), number})}
         return execute.Record(row["status"], _stored(row))
@@ -351,25 +371,41 @@ def _continue(search, store, out_dir, progress, shared=None) -> None:
             time.sleep(shared.poll_s)
 
 
-def _continue_one(search, row, position, total, store, out_dir, progress) -> None:
-    if row["status"] == "finished":
-        return
+def continued_run(search, row: dict, out_dir: str):
+    """The run a trial's row continues (its config, checked against the row's id)."""
     run = search_config.trial_run(search, row["params"], out_dir)
     if run.run_id != row["run_id"]:
         raise RuntimeError(f"run {row['run_id']} no longer matches its config: {row['params']}")
+    return run
+
+
+def _continue_one(search, row, position, total, store, out_dir, progress) -> None:
+    if row["status"] == "finished":
+        return
+    run = continued_run(search, row, out_dir)
     progress.full_started(position, total, row)
-    record = _full_phase(run, row, store, out_dir)
+    record_full(search, run, row, store, out_dir, progress)
+
+
+def record_full(search, run, row, store, out_dir, progress, outcome=None) -> None:
+    """The full phase of a continued trial, trained here (or its pack's `outcome` taken),
+    recorded and reported."""
+    record = _full_phase(run, row, store, out_dir, outcome)
     if record.status == "failed":  # recorded; its early result stays; a rerun retries it
         progress.trial_failed(row["trials"][0], record.error)
         return
     progress.full_done({**row, **record.row}, search.metric)
 
 
-def _full_phase(run, row: dict, store, out_dir: str) -> execute.Record:
-    """Resumes a run from its early phase to its full budget and records it."""
+def _full_phase(run, row: dict, store, out_dir: str, outcome=None) -> execute.Record:
+    """Resumes a run from its early phase to its full budget (or takes its pack's `outcome`)
+    and records it."""
 
     def train() -> execute.Record:
-        summary = execute.train_run(run, run.model_dir(out_dir))
+        if outcome is None:
+            summary = execute.train_run(run, run.model_dir(out_dir))
+        else:
+            summary = execute.outcome_summary(outcome, f"run {run.run_id}")
         return execute.Record("finished", _stored({**row, **_final_fields(summary)}))
 
     return execute.execute(
