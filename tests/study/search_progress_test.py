@@ -60,3 +60,21 @@ def test_a_resumed_search_estimates_continuations_from_them(monkeypatch):
     clock.now += 10.0
     progress.full_done(_row(5, 25), "dev_loss")
     assert progress.eta() == "0m10s"  # one continuation of 20 steps left, measured at 10 s
+
+
+def test_trials_trained_in_a_pack_share_its_time(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(search_progress.time, "time", clock)
+    progress = search_progress.Progress("t", trials=6, continuations=0, stream=io.StringIO())
+    for position in range(1, 5):  # 4 trials asked at once, then trained as one pack
+        progress.trial_started(position, position - 1, {})
+    clock.now += 8.0
+    with progress.packed(4):
+        for number in range(4):
+            progress.trial_done(number, _row(5, 25), "dev_loss", True)
+    # Each was charged 8 s / 4, so the 2 trials left (one by one) are estimated at 2 s each.
+    assert progress.eta() == search_progress.format_seconds(2 * 2.0) == "0m04s"
+    progress.trial_started(5, 4, {})
+    clock.now += 3.0
+    progress.trial_done(4, _row(5, 25), "dev_loss", True)  # outside the pack: all its 3 s
+    assert progress.eta() == search_progress.format_seconds((4 * 2.0 + 3.0) / 5) == "0m02s"

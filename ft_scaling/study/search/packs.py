@@ -42,13 +42,13 @@ def explore_startup(search, study, store, out_dir: str, progress, slots: int) ->
         untrained = {r.run_id: r for _, r in asked if rows.get(r.run_id, {}).get(early) is None}
         outcomes = train(list(untrained.values()), out_dir, search.early_fraction, slots)
         preempted = None
-        for trial, run in asked:  # in trial order, as one by one (the pruner compares)
-            try:
-                search_run._trial(
-                    search, study, trial, run, store, out_dir, progress, outcomes.get(run.run_id)
-                )
-            except execute.Preempted as err:  # saved; the other trials are told first
-                preempted = preempted or err
+        with progress.packed(len(untrained)):
+            for trial, run in asked:  # in trial order, as one by one (the pruner compares)
+                try:
+                    outcome = outcomes.get(run.run_id)
+                    search_run._trial(search, study, trial, run, store, out_dir, progress, outcome)
+                except execute.Preempted as err:  # saved; the other trials are told first
+                    preempted = preempted or err
         if preempted:
             raise preempted
 
@@ -71,7 +71,8 @@ def continue_chosen(search, store, out_dir: str, progress, slots: int) -> None:
         except execute.Preempted as err:  # saved; raised once the whole pack is saved
             preempted = preempted or err
 
-    train(list(runs.values()), out_dir, 1.0, slots, record)
+    with progress.packed(min(slots, len(runs))):
+        train(list(runs.values()), out_dir, 1.0, slots, record)
     if preempted:
         raise preempted
 

@@ -6,6 +6,7 @@ line fitted to every phase measured so far (early phases without their compile t
 continuation reuses the programs its early phase compiled).
 """
 
+import contextlib
 import sys
 import time
 
@@ -43,6 +44,7 @@ class Progress:
         self._steps_left: list[int] = []  # full-budget steps left after each early phase
         self._started = time.time()
         self._position, self._continued = 0, 0
+        self._width = 1  # trials trained at once (packs.py): each is charged 1/width of the time
 
     def say(self, message: str) -> None:
         self._stream.write(f"[search {self._name}] {message}\n")
@@ -55,7 +57,7 @@ class Progress:
     def trial_done(self, number: int, row: dict, metric: str, trained: bool) -> None:
         self._steps_left.append(row["total_steps"] - row["early_step"])
         if trained:
-            seconds = time.time() - self._started
+            seconds = (time.time() - self._started) / self._width
             self._early_times.append(seconds)
             compile_s = row.get("early_compile_time") or 0.0
             self._phases.append((row["early_step"], max(seconds - compile_s, 0.0)))
@@ -65,6 +67,16 @@ class Progress:
             f"trial #{number}: early {metric} {row[f'early_{metric}']:.4f} at step "
             f"{row['early_step']}/{row['total_steps']}{pruned}{how} (ETA {self.eta()})"
         )
+
+    @contextlib.contextmanager
+    def packed(self, width: int):
+        """Phases ended inside share the device `width` ways (a pack of that many trials),
+        so each is charged its share of the time since its pack started."""
+        self._width = max(width, 1)
+        try:
+            yield
+        finally:
+            self._width = 1
 
     def trial_failed(self, number: int, message: str) -> None:
         self.say(f"trial #{number} failed: {message.splitlines()[0]}")
@@ -81,7 +93,7 @@ class Progress:
 
     def full_done(self, row: dict, metric: str) -> None:
         steps = row["total_steps"] - row["early_step"]
-        self._phases.append((steps, time.time() - self._started))
+        self._phases.append((steps, (time.time() - self._started) / self._width))
         self._continued += 1
         self.say(
             f"trial #{row['trials'][0]}: final {metric} {row[f'final_{metric}']:.4f}, "
