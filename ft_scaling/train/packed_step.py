@@ -319,11 +319,13 @@ def _compiled(loss, settings, mesh, rules, state_sh, frozen_sh, variables, runs,
         in_shardings=(state_sh.tree, frozen_sh.tree, batch_sh, repl, variables_sh),
         out_shardings=(state_sh.tree, repl),
         donate_argnums=(0,),
+        compiler_options=partitioning.step_compiler_options(mesh),
     )
     evaluate = jax.jit(
         functools.partial(packed_eval_step, loss=loss),
         in_shardings=(state_sh.tree.params, frozen_sh.tree, batch_sh, variables_sh),
         out_shardings=repl,
+        compiler_options=partitioning.step_compiler_options(mesh),
     )
     return _defaulted(train, mesh, rules, 4), _defaulted(evaluate, mesh, rules, 3)
 

@@ -113,6 +113,21 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+def step_compiler_options(mesh: Mesh) -> dict[str, str]:
+    """XLA options of the train and eval steps on `mesh`'s platform.
+
+    On CPU, XLA expands `jax.checkpoint`'s optimization barriers before its CSE passes
+    (`cse_barrier_expander`), so CSE merges each rematerialised forward pass back into the
+    first one and remat (`ModelConfig.remat`) saves no memory at all: a 25m LoRA step's
+    temporaries were the same with and without it. Keeping the barriers makes remat work as
+    on GPU/TPU (8-layer 25m pack of 2: 203.8 -> 45.8 MiB of temporaries; results bit-equal);
+    a step without remat has no barriers, so nothing else changes. GPU and TPU keep theirs.
+    """
+    if mesh.devices.flat[0].platform == "cpu":
+        return {"xla_disable_hlo_passes": "cse_barrier_expander"}
+    return {}
+
+
 def check_batch_divides(batch_size: int, mesh: Mesh, rules) -> None:
     spec = nn.logical_to_mesh_axes(("batch",), rules)[0]
     names = (spec,) if isinstance(spec, str) else tuple(spec or ())

@@ -284,11 +284,13 @@ def _compiled(loss, optimizer_settings, mesh, rules, state_sh, frozen_sh, num_mi
         in_shardings=(state_sh.tree, frozen_sh.tree, batch_sh, repl),
         out_shardings=(state_sh.tree, repl),
         donate_argnums=(0,),
+        compiler_options=partitioning.step_compiler_options(mesh),
     )
     evaluate = jax.jit(
         functools.partial(eval_step, loss=loss),
         in_shardings=(state_sh.tree.params, frozen_sh.tree, batch_sh),
         out_shardings=repl,
+        compiler_options=partitioning.step_compiler_options(mesh),
     )
     return _with_context(train, mesh, rules), _with_context(evaluate, mesh, rules)
 
