@@ -46,9 +46,12 @@ def test_batched_studies_are_the_reports_fits(method):
         )
         alone = setting.factors["model_params"]
         # Equal up to the optimiser's tolerance: a batch of another shape rounds differently,
-        # and where E runs to 0 (log E to -inf) only its absolute value is settled.
+        # and where E runs to 0 (log E to -inf) only its absolute value is settled. A replicate
+        # stops at ftol 1e-12 on the loss, which along these barely identified directions leaves
+        # a parameter settled to ~sqrt(1e-12): 4.9e-6 apart was seen for one of 48 on a CPU
+        # whose float rounding differs from the one 1e-6 was set on (2026-12-04).
         assert [alone.params[n] for n in names] == pytest.approx(fits.estimates[study], rel=1e-6)
-        assert alone.bootstrap == pytest.approx(fits.samples[study], rel=1e-6, abs=1e-6,
+        assert alone.bootstrap == pytest.approx(fits.samples[study], rel=2e-5, abs=1e-6,
                                                 nan_ok=True)  # fmt: skip
         # The report's two stages: stage 2 refits A, alpha on the same points with stage 1's
         # beta and E, reaching the joint fit's optimum; its intervals are the joint fit's.
