@@ -29,7 +29,6 @@ def run_packed(name: str, mine: list, execution, slots: int) -> dict:
             counts["skipped"] += 1
         else:
             pending.append(run)
-    from ft_scaling.train import packed_loop  # imports JAX and the input pipeline: to train
 
     progress = _Progress(name, len(pending))
     for run in [r for r in pending if r.kind != "finetune"]:
@@ -38,18 +37,15 @@ def run_packed(name: str, mine: list, execution, slots: int) -> dict:
     finetune = [r for r in pending if r.kind == "finetune"]
     started = time.time()
     sys.stderr.write(f"[study {name}] setting up {len(finetune)} finetuning runs for packs\n")
-    groups, alone = {}, []
+    prepared_runs = []
     for run in finetune:
         prepared = execution.prepare(run)
         if prepared is None:  # recorded as failed, naming its error
             counts["failed"] += 1
-            continue
-        group = packed_loop.pack_group(prepared.run)
-        if group is None:
-            alone.append(run)
         else:
-            groups.setdefault(group, []).append((run, prepared))
-    for number, members in enumerate(groups.values(), start=1):
+            prepared_runs.append((run, prepared))
+    groups, alone = by_pack_group(prepared_runs)
+    for number, members in enumerate(groups, start=1):
         sys.stderr.write(
             f"[study {name}] pack group {number}/{len(groups)}: {len(members)} runs, "
             f"{slots} at a time\n"
@@ -71,15 +67,41 @@ def finetuning_rate(name: str, runs: int, seconds: float, how: str) -> None:
         )
 
 
-def _train_group(members: list, slots: int, execution, counts: dict, progress) -> None:
+def by_pack_group(prepared_runs: list) -> tuple[list[list], list]:
+    """(groups of (run, prepared) pairs that can share a pack, in first-seen order; the runs
+    that pack with no other and train alone)."""
+    from ft_scaling.train import packed_loop
+
+    groups, alone = {}, []
+    for run, prepared in prepared_runs:
+        group = packed_loop.pack_group(prepared.run)
+        if group is None:
+            alone.append(run)
+        else:
+            groups.setdefault(group, []).append((run, prepared))
+    return list(groups.values()), alone
+
+
+def train_group(members: list, slots: int, done) -> None:
+    """Trains one group's (run, prepared) pairs in packs of `slots`; done(run, summary | error)
+    as each ends."""
+    from ft_scaling.train import packed_loop
+
     # Longest first (sorted is stable: plan order among equals), so the pack's last runs end
     # together rather than one long run training beside idle slots.
-    members = sorted(members, key=lambda member: -member[1].run.total_steps)
+    members = sorted(members, key=lambda member: -member[1].run.stop_step)
     run_of = {id(prepared): run for run, prepared in members}
+    packed_loop.PackedTrainer(
+        [prepared for _, prepared in members],
+        slots,
+        lambda prepared, outcome: done(run_of[id(prepared)], outcome),
+    ).train()
+
+
+def _train_group(members: list, slots: int, execution, counts: dict, progress) -> None:
     preempted = []
 
-    def done(prepared, outcome) -> None:
-        run = run_of[id(prepared)]
+    def done(run, outcome) -> None:
         try:
             record = execution.record(run, outcome)
         except execute.Preempted as err:  # saved; raised once the whole pack is saved
@@ -87,9 +109,7 @@ def _train_group(members: list, slots: int, execution, counts: dict, progress) -
             return
         progress.ended(run, _count(counts, record))
 
-    from ft_scaling.train import packed_loop
-
-    packed_loop.PackedTrainer([prepared for _, prepared in members], slots, done).train()
+    train_group(members, slots, done)
     if preempted:
         raise preempted[0]
 

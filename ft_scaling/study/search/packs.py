@@ -20,7 +20,7 @@ shared through --store is refused before any step.
 
 import sys
 
-from ft_scaling.study import execute
+from ft_scaling.study import execute, packed
 from ft_scaling.study.search import config as search_config
 from ft_scaling.study.search import run as search_run
 
@@ -81,37 +81,24 @@ def train(runs: list, out_dir: str, budget_fraction: float, slots: int, done=Non
     """Trains `runs` (sweep.Run) to `budget_fraction` of their steps, in packs of `slots`
     where they pack; done(run, summary | error) as each ends (default: collected).
     Returns run id -> outcome of the runs `done` was not given for."""
-    from ft_scaling.train import loop, packed_loop  # imports JAX and the input pipeline
+    from ft_scaling.train import loop  # imports JAX and the input pipeline
 
     outcomes = {}
     done = done or (lambda run, outcome: outcomes.__setitem__(run.run_id, outcome))
-    groups, alone = {}, []
+    prepared_runs = []
     for run in runs:
         try:
             execute.parse_run_gin(run, run.model_dir(out_dir), budget_fraction)
-            prepared = loop.prepared()
+            prepared_runs.append((run, loop.prepared()))
         except Exception as err:  # noqa: BLE001  (recorded as the trial's failure, by name)
             done(run, err)
-            continue
-        group = packed_loop.pack_group(prepared.run)
-        if group is None:
-            alone.append(run)
-        else:
-            groups.setdefault(group, []).append((run, prepared))
-    for number, members in enumerate(groups.values(), start=1):
+    groups, alone = packed.by_pack_group(prepared_runs)
+    for number, members in enumerate(groups, start=1):
         sys.stderr.write(
             f"[search] pack group {number}/{len(groups)}: {len(members)} trials, "
             f"{slots} at a time\n"
         )
-        # Longest first (stable among equals), so the pack's last runs end together.
-        members.sort(key=lambda member: -member[1].run.stop_step)
-        run_of = {id(prepared): run for run, prepared in members}
-        trainer = packed_loop.PackedTrainer(
-            [prepared for _, prepared in members],
-            slots,
-            lambda prepared, outcome, run_of=run_of: done(run_of[id(prepared)], outcome),
-        )
-        trainer.train()
+        packed.train_group(members, slots, done)
     for run in alone:
         try:
             outcome = execute.train_run(run, run.model_dir(out_dir), budget_fraction)
